@@ -1,0 +1,837 @@
+"""The pool engine: a thread-safe, driver-agnostic pool of DB-API connections.
+
+Locking
+-------
+One lock, ``Pool._lock``, guards every mutable field below. It is held for
+bookkeeping only, never across I/O or a thread start, so nobody waits on it for
+more than a few microseconds. The invariant it protects:
+
+* every open connection the pool manages is counted in ``_nconns`` and its
+  :class:`_Slot` is in exactly one of ``_idle`` (ready to lend) and ``_lent``
+  (with a caller, or with the thread checking it before lending or resetting it
+  on its way back);
+* ``_nconns + _connecting <= max_size``, where ``_connecting`` counts connect
+  attempts under way (including their back-off sleeps);
+* ``_idle`` is non-empty only while ``_waiters`` is empty: a connection that
+  comes back or is newly opened goes to the oldest waiter first;
+* a waiter leaves ``_waiters`` exactly once: handed a slot (already in
+  ``_lent``), handed an error, or removed by itself when it gives up.
+
+Connections are opened by short-lived connector threads, never by the caller:
+a request that finds nothing idle queues and is served by whichever comes
+first, a returned connection or a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from time import monotonic
+from typing import Any
+
+from . import fork
+from .adapters import BROKEN, IDLE, Adapter, adapter_for
+from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
+from .redact import redact
+
+logger = logging.getLogger("django_pool")
+
+# Reconnection back-off: first retry after about this long, doubling up to the cap.
+_BACKOFF_FIRST = 0.5
+_BACKOFF_MAX = 10.0
+# Lifetimes are shortened by up to this fraction, so connections opened together
+# (at start-up, after a restart) do not all expire together.
+_LIFETIME_JITTER = 0.05
+# Weight of the newest sample in the moving averages of connect and usage time.
+_EWMA_WEIGHT = 0.2
+
+_pool_numbers = iter(range(1, 1 << 62))
+
+
+class _Slot:
+    """A connection plus what the pool remembers about it."""
+
+    __slots__ = ("conn", "expires_at", "generation", "last_ok", "lent_at")
+
+    def __init__(self, conn: Any, now: float, expires_at: float, generation: int) -> None:
+        self.conn = conn
+        self.expires_at = expires_at
+        self.generation = generation
+        # Last moment the connection was known good: opened, pinged or cleanly
+        # returned. While the slot is idle, that is also when it became idle.
+        self.last_ok = now
+        self.lent_at = now
+
+
+class _Waiter:
+    """A queued ``getconn``: woken by whoever hands it a slot or an error."""
+
+    __slots__ = ("error", "ready", "since", "slot")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.slot: _Slot | None = None
+        self.error: Exception | None = None
+        # A plain lock used as a one-shot signal: cheaper than an Event.
+        self.ready = threading.Lock()
+        self.ready.acquire()
+
+
+class Pool:
+    """A pool of connections made by ``connect``, lent one caller at a time.
+
+    :param connect: zero-argument callable returning a new DB-API connection.
+    :param adapter: driver operations; picked from the first connection if None.
+    :param min_size: connections kept open even when idle (default 4, as
+        Django's built-in pool, so switching keeps the same footprint).
+    :param max_size: the most connections open at once (default: ``min_size``).
+    :param timeout: seconds ``getconn`` may take in all: waiting, validating and
+        connecting share this one deadline (default 30).
+    :param max_waiting: requests allowed to queue; more raise ``TooManyRequests``
+        at once (default 0: unlimited).
+    :param max_lifetime: seconds after which a connection is replaced, shortened
+        by up to 5% per connection (default 3600).
+    :param max_idle: seconds after which an idle connection above ``min_size``
+        is closed (default 600).
+    :param reconnect_timeout: seconds of failed attempts after which the pool
+        stops refilling ``min_size`` in the background until a request asks
+        again (default 300).
+    :param validate_after: a connection idle longer than this many seconds is
+        pinged before it is lent; 0 pings every time, None never (default 0.5,
+        as HikariCP: a connection used a moment ago costs no extra round trip).
+    :param num_workers: connections that may be opened at the same time
+        (default 3).
+    :param configure: called with each new connection before it is first lent.
+    :param reset: called with each returned connection, after any rollback;
+        if it raises, the connection is discarded.
+    :param name: shown in logs, errors and stats (default ``pool-N``).
+    :param secrets: strings (passwords) to mask in every message the pool makes.
+    :param open: start filling the pool now (default True).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        adapter: Adapter | None = None,
+        *,
+        min_size: int = 4,
+        max_size: int | None = None,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 3600.0,
+        max_idle: float = 600.0,
+        reconnect_timeout: float = 300.0,
+        validate_after: float | None = 0.5,
+        num_workers: int = 3,
+        configure: Callable[[Any], None] | None = None,
+        reset: Callable[[Any], None] | None = None,
+        name: str | None = None,
+        secrets: Iterable[str] = (),
+        open: bool = True,
+    ) -> None:
+        max_size = min_size if max_size is None else max_size
+        _check_sizes(min_size, max_size)
+        _check_number("timeout", timeout, minimum=0)
+        _check_number("max_lifetime", max_lifetime, minimum=0, strict=True)
+        _check_number("max_idle", max_idle, minimum=0, strict=True)
+        _check_number("reconnect_timeout", reconnect_timeout, minimum=0)
+        if validate_after is not None:
+            _check_number("validate_after", validate_after, minimum=0)
+        _check_int("max_waiting", max_waiting, minimum=0)
+        _check_int("num_workers", num_workers, minimum=1)
+        if not callable(connect):
+            raise TypeError(f"connect must be a callable returning a connection, got {connect!r}")
+
+        self.name = name or f"pool-{next(_pool_numbers)}"
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        self.max_lifetime = max_lifetime
+        self.max_idle = max_idle
+        self.reconnect_timeout = reconnect_timeout
+        self.validate_after = validate_after
+        self.num_workers = num_workers
+        self._connect = connect
+        self._adapter = adapter
+        self._configure = configure
+        self._reset = reset
+        self._secrets = tuple(secrets)
+        # "Never validate" is a window so long that nothing falls outside it.
+        self._validate_window = math.inf if validate_after is None else validate_after
+
+        self._init_state()
+        fork.register(self)
+        if open:
+            self.open()
+
+    def _init_state(self) -> None:
+        """(Re)set everything that belongs to one process's life of the pool."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # sizes changed or pool closed
+        self._closing = threading.Event()  # interrupts back-off and maintenance sleeps
+        self._idle: deque[_Slot] = deque()
+        self._lent: dict[int, _Slot] = {}
+        self._waiters: deque[_Waiter] = deque()
+        self._nconns = 0
+        self._connecting = 0
+        self._opened = False
+        self._closed = False
+        self._maintenance_running = False
+        self._generation = 0  # bumped by drain(): older connections are not lent again
+        # Idle connections last known good before this moment are pinged before
+        # being lent: set when a disconnect is seen (e.g. the server restarted).
+        self._distrust_before = -math.inf
+        # Connection failures: consecutive count, when the streak began, the next
+        # attempt's earliest time, a total that only grows, and the last cause.
+        self._failures = 0
+        self._failing_since = 0.0
+        self._retry_at = 0.0
+        self._failures_total = 0
+        self._last_error: str | None = None
+        self._gave_up = False
+        # Moving averages of connect and usage time, steering growth (0: unknown).
+        self._connect_avg = 0.0
+        self._usage_avg = 0.0
+        self._inherited: dict[int, Any] = {}
+        self._pid = os.getpid()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._requests_num = 0
+        self._requests_queued = 0
+        self._requests_wait = 0.0
+        self._requests_errors = 0
+        self._usage = 0.0
+        self._returns_bad = 0
+        self._connections_num = 0
+        self._connections_time = 0.0
+        self._connections_errors = 0
+        self._connections_lost = 0
+
+    def __repr__(self) -> str:
+        driver = self._adapter.name if self._adapter else "?"
+        state = "closed" if self._closed else "open" if self._opened else "not open"
+        return (
+            f"<{type(self).__name__} {self.name!r} {driver} {state} "
+            f"size={self._nconns}/{self.max_size} idle={len(self._idle)} "
+            f"in_use={len(self._lent)} waiting={len(self._waiters)}>"
+        )
+
+    # -- lending -------------------------------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        """Lend a connection; give it back with :meth:`putconn`.
+
+        Waits up to ``timeout`` (default: the pool's) for one to be free or
+        opened. A connection past its lifetime is never lent; one idle for
+        longer than ``validate_after``, or older than a disconnect the pool has
+        seen, is pinged first and replaced if the ping fails, all within the
+        same deadline.
+        """
+        now = start = monotonic()
+        deadline = start + (self.timeout if timeout is None else timeout)
+        requests = 1
+        while True:
+            with self._lock:
+                self._requests_num += requests
+                # Idle connections exist only while the pool is open.
+                if self._idle:
+                    slot = self._idle.pop()
+                    self._lent[id(slot.conn)] = slot
+                    slot.lent_at = start
+                    waiter = None
+                else:
+                    waiter = self._enqueue_locked(start, requests)
+            if waiter is not None:
+                slot = self._wait_for(waiter, deadline)
+                now = monotonic()
+            requests = 0
+            if now < slot.expires_at and slot.generation == self._generation:
+                last_ok = slot.last_ok
+                if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
+                    return slot.conn
+                try:
+                    self._adapter_of(slot.conn).ping(slot.conn)
+                except Exception as exc:
+                    logger.info(
+                        "pool %r: discarding a connection that failed its check: %s",
+                        self.name,
+                        self._redact(str(exc)),
+                    )
+                    self._drop_lent(slot, lost=True)
+                else:
+                    slot.last_ok = monotonic()
+                    return slot.conn
+            else:
+                self._drop_lent(slot, lost=False)
+            now = monotonic()
+
+    def _enqueue_locked(self, start: float, requests: int) -> _Waiter:
+        """Queue a request that found nothing idle, and start whatever threads it needs."""
+        if self._closed or not self._opened:
+            state = "closed" if self._closed else "not open"
+            raise PoolClosed(f"pool {self.name!r} is {state}")
+        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+            self._requests_errors += 1
+            raise TooManyRequests(
+                f"pool {self.name!r}: {len(self._waiters)} requests already waiting "
+                f"(max_waiting={self.max_waiting})"
+            )
+        waiter = _Waiter(start)
+        self._waiters.append(waiter)
+        self._requests_queued += requests
+        spawn = self._connectors_to_start_locked()
+        start_maintenance = not self._maintenance_running
+        self._maintenance_running = True
+        if spawn or start_maintenance:
+            # Starting a thread waits for it to run: not under the lock.
+            self._lock.release()
+            try:
+                self._start_threads(spawn, start_maintenance)
+            finally:
+                self._lock.acquire()
+        return waiter
+
+    def _wait_for(self, waiter: _Waiter, deadline: float) -> _Slot:
+        # Growth is throttled by an estimate (see _connectors_wanted_locked). If
+        # nothing came within about one connect time, the estimate was wrong:
+        # wake once, ask again without it, then wait out the deadline.
+        first_wait = self._connect_avg * 2 if self._connect_avg else math.inf
+        got = waiter.ready.acquire(timeout=max(0.0, min(first_wait, deadline - monotonic())))
+        if not got and monotonic() < deadline:
+            with self._lock:
+                spawn = self._connectors_to_start_locked() if waiter.slot is None else 0
+            self._start_threads(spawn, False)
+            got = waiter.ready.acquire(timeout=max(0.0, deadline - monotonic()))
+        if not got:
+            with self._lock:
+                if waiter.slot is None and waiter.error is None:
+                    self._waiters.remove(waiter)
+                    self._requests_errors += 1
+                    raise PoolTimeout(self._timeout_message_locked(monotonic() - waiter.since))
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.slot is not None
+        return waiter.slot
+
+    def _timeout_message_locked(self, waited: float) -> str:
+        message = (
+            f"couldn't get a connection from pool {self.name!r} after {waited:.2f} s: "
+            f"{self._nconns} open (min_size={self.min_size}, max_size={self.max_size}), "
+            f"{len(self._lent)} in use, {len(self._waiters)} other requests waiting"
+        )
+        if self._failures and self._last_error:
+            message += f"; last connection error: {self._last_error}"
+        return message
+
+    def putconn(self, conn: Any) -> None:
+        """Give back a connection from :meth:`getconn`.
+
+        An open transaction is rolled back and the ``reset`` hook runs; a broken
+        connection, or one past its lifetime, is closed and replaced in the
+        background. The connection then goes to the oldest waiting request, or
+        back on top of the idle stack.
+        """
+        key = id(conn)
+        slot = self._lent.get(key)
+        if slot is None:
+            self._put_unknown(conn)
+            return
+        # Every lent connection was opened by a connector, which set the adapter.
+        state = self._adapter.state(conn)  # type: ignore[union-attr]
+        good = (state == IDLE and self._reset is None) or self._restore(conn, state)
+        now = monotonic()
+        with self._lock:
+            del self._lent[key]
+            usage = now - slot.lent_at
+            self._usage += usage
+            average = self._usage_avg
+            self._usage_avg = average + _EWMA_WEIGHT * (usage - average) if average else usage
+            if (
+                good
+                and now < slot.expires_at
+                and slot.generation == self._generation
+                and self._nconns <= self.max_size
+                and not self._closed
+            ):
+                slot.last_ok = now
+                if self._waiters:
+                    self._hand_over_locked(slot, now)
+                else:
+                    self._idle.append(slot)
+                return
+            self._nconns -= 1
+            if not good:
+                self._returns_bad += 1
+                self._connections_lost += 1
+                self._distrust_before = now
+            self._changed.notify_all()
+            spawn = self._connectors_to_start_locked()
+        self._close_quietly(conn)
+        self._start_threads(spawn, False)
+
+    def _restore(self, conn: Any, state: int) -> bool:
+        """Bring a returned connection back to a clean state; False if it is unusable."""
+        if state == BROKEN:
+            return False
+        adapter = self._adapter_of(conn)
+        try:
+            if state != IDLE:
+                adapter.rollback(conn)
+            if self._reset is not None:
+                self._reset(conn)
+        except Exception as exc:
+            logger.warning(
+                "pool %r: discarding a returned connection that could not be reset: %s",
+                self.name,
+                self._redact(str(exc)),
+            )
+            return False
+        return adapter.state(conn) == IDLE
+
+    def _put_unknown(self, conn: Any) -> None:
+        if id(conn) in self._inherited:
+            # Lent before os.fork() to the thread that forked: its socket belongs
+            # to the parent, and was detached in this process already.
+            return
+        raise ValueError(
+            f"connection {conn!r} is not lent by pool {self.name!r} (already returned, "
+            "or from another pool)"
+        )
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        """``with pool.connection() as conn:`` lends a connection for the block.
+
+        Unlike psycopg_pool, nothing is committed for you: an open transaction
+        is rolled back when the connection goes back. If the block raises an
+        error that means the connection is gone, it is discarded, and idle
+        connections as old as it are checked before they are lent again.
+        """
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        except BaseException as exc:
+            if self._adapter_of(conn).is_disconnect(exc):
+                self._close_quietly(conn)
+            raise
+        finally:
+            self.putconn(conn)
+
+    def _hand_over_locked(self, slot: _Slot, now: float) -> None:
+        """Give ``slot`` to the oldest waiter, else put it on top of the idle stack."""
+        if self._waiters:
+            waiter = self._waiters.popleft()
+            self._lent[id(slot.conn)] = slot
+            slot.lent_at = now
+            self._requests_wait += now - waiter.since
+            waiter.slot = slot
+            waiter.ready.release()
+        else:
+            self._idle.append(slot)
+
+    def _drop_lent(self, slot: _Slot, lost: bool) -> None:
+        """Close a connection taken by getconn but found unfit to lend."""
+        with self._lock:
+            del self._lent[id(slot.conn)]
+            self._nconns -= 1
+            if lost:
+                self._connections_lost += 1
+                self._distrust_before = monotonic()
+            spawn = self._connectors_to_start_locked()
+        self._close_quietly(slot.conn)
+        self._start_threads(spawn, False)
+
+    # -- opening connections ---------------------------------------------------------
+
+    def _connectors_wanted_locked(self) -> int:
+        """How many connect attempts should be under way now."""
+        if self._closed or not self._opened:
+            return 0
+        nconns = self._nconns
+        want = 0 if self._gave_up else self.min_size - nconns
+        waiting = len(self._waiters)
+        if waiting:
+            if nconns and self._usage_avg and self._connect_avg:
+                oldest_wait = monotonic() - self._waiters[0].since
+                if oldest_wait < 2 * self._connect_avg:
+                    # The open connections will serve the queue in about
+                    # waiting * usage / nconns seconds; open only as many more
+                    # as could arrive in time to shorten that.
+                    useful = math.ceil(waiting * self._usage_avg / self._connect_avg) - nconns
+                    waiting = min(waiting, useful)
+            want = max(want, waiting)
+        return max(0, min(want, self.max_size - nconns, self.num_workers))
+
+    def _connectors_to_start_locked(self) -> int:
+        """Count new connector threads in ``_connecting``; the caller starts them."""
+        missing = self._connectors_wanted_locked() - self._connecting
+        if missing <= 0:
+            return 0
+        self._connecting += missing
+        return missing
+
+    def _start_threads(self, connectors: int, maintenance: bool) -> None:
+        for _ in range(connectors):
+            threading.Thread(
+                target=self._run_connector, name=f"{self.name}-connect", daemon=True
+            ).start()
+        if maintenance:
+            threading.Thread(
+                target=self._run_maintenance, name=f"{self.name}-maintenance", daemon=True
+            ).start()
+
+    def _run_connector(self) -> None:
+        """Open connections while they are wanted.
+
+        Started already counted in ``_connecting``; the count drops in the same
+        critical section that adds the new connection, so the size invariant
+        holds at every instant.
+        """
+        while True:
+            delay = self._retry_at - monotonic()
+            if delay > 0:
+                self._closing.wait(delay)
+                opened = None
+            else:
+                opened = self._connect_once()
+            discard = None
+            with self._lock:
+                self._connecting -= 1
+                if opened is not None:
+                    slot, elapsed = opened
+                    self._connections_num += 1
+                    self._connections_time += elapsed
+                    self._connect_avg = _ewma(self._connect_avg, elapsed)
+                    if self._closed or slot.generation != self._generation:
+                        discard = slot.conn
+                    else:
+                        self._nconns += 1
+                        self._hand_over_locked(slot, slot.last_ok)
+                        self._changed.notify_all()
+                done = self._connecting >= self._connectors_wanted_locked()
+                if not done:
+                    self._connecting += 1
+            if discard is not None:
+                self._close_quietly(discard)
+            if done:
+                return
+
+    def _connect_once(self) -> tuple[_Slot, float] | None:
+        """One attempt: the new slot and how long it took, or None on failure."""
+        started = monotonic()
+        conn = None
+        generation = self._generation
+        try:
+            conn = self._connect()
+            if self._adapter is None:
+                self._adapter = adapter_for(conn)
+            if self._configure is not None:
+                self._configure(conn)
+        except Exception as exc:
+            if conn is not None:
+                self._close_quietly(conn)
+            self._connect_failed(exc, started)
+            return None
+        now = monotonic()
+        lifetime = self.max_lifetime * (1 - _LIFETIME_JITTER * random.random())
+        with self._lock:
+            self._failures = 0
+            self._gave_up = False
+            self._retry_at = 0.0
+        return _Slot(conn, now, now + lifetime, generation), now - started
+
+    def _connect_failed(self, exc: BaseException, started: float) -> None:
+        cause = self._redact(f"{type(exc).__name__}: {exc}".strip())
+        now = monotonic()
+        with self._lock:
+            self._connections_errors += 1
+            self._failures_total += 1
+            if not self._failures:
+                self._failing_since = started
+            self._failures += 1
+            self._last_error = cause
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
+            self._retry_at = now + delay * random.uniform(0.5, 1.5)
+            gave_up = not self._gave_up and now - self._failing_since >= self.reconnect_timeout
+            self._gave_up = self._gave_up or gave_up
+            failures = self._failures
+            self._changed.notify_all()
+        if gave_up:
+            logger.error(
+                "pool %r: connecting has failed for %.0f s; no longer refilling in the "
+                "background until a request asks: %s",
+                self.name,
+                now - self._failing_since,
+                cause,
+            )
+        else:
+            logger.warning("pool %r: connection attempt %d failed: %s", self.name, failures, cause)
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def _run_maintenance(self) -> None:
+        """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``."""
+        while not self._closing.is_set():
+            now = monotonic()
+            with self._lock:
+                if self._closed:
+                    return
+                expired = self._take_expired_idle_locked(now)
+                spawn = self._connectors_to_start_locked()
+                wake_at = self._next_maintenance_locked(now)
+            for slot in expired:
+                self._close_quietly(slot.conn)
+            self._start_threads(spawn, False)
+            self._closing.wait(max(0.01, wake_at - monotonic()))
+
+    def _take_expired_idle_locked(self, now: float) -> list[_Slot]:
+        expired = [
+            s for s in self._idle if now >= s.expires_at or s.generation != self._generation
+        ]
+        if expired:
+            gone = {id(s) for s in expired}
+            self._idle = deque(s for s in self._idle if id(s) not in gone)
+        # The bottom of the stack has been idle longest.
+        while (
+            self._idle
+            and self._nconns - len(expired) > self.min_size
+            and now - self._idle[0].last_ok >= self.max_idle
+        ):
+            expired.append(self._idle.popleft())
+        self._nconns -= len(expired)
+        if expired:
+            self._changed.notify_all()
+        return expired
+
+    def _next_maintenance_locked(self, now: float) -> float:
+        wake_at = now + min(self.max_idle, 60.0)
+        for slot in self._idle:
+            wake_at = min(wake_at, slot.expires_at)
+        if self._idle and self._nconns > self.min_size:
+            wake_at = min(wake_at, self._idle[0].last_ok + self.max_idle)
+        return wake_at
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the pool: open ``min_size`` connections in the background.
+
+        With ``wait=True``, block until they are open (see :meth:`wait`).
+        Opening an open pool does nothing; a closed pool cannot be reopened.
+        """
+        with self._lock:
+            if self._closed:
+                raise PoolClosed(f"pool {self.name!r} is closed and cannot be reopened")
+            start_maintenance = not self._maintenance_running
+            self._opened = self._maintenance_running = True
+            spawn = self._connectors_to_start_locked()
+        self._start_threads(spawn, start_maintenance)
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until ``min_size`` connections are open.
+
+        Raises :class:`ConnectionFailed` with the server's reason as soon as an
+        attempt fails (a wrong password will not fix itself), and
+        :class:`PoolTimeout` when ``timeout`` passes first.
+        """
+        deadline = monotonic() + timeout
+        with self._changed:
+            failures_before = self._failures_total
+            while self._nconns < self.min_size:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                if self._failures_total != failures_before:
+                    raise ConnectionFailed(
+                        f"pool {self.name!r} could not connect: {self._last_error}"
+                    )
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise PoolTimeout(
+                        f"pool {self.name!r}: {self._nconns} of min_size={self.min_size} "
+                        f"connections open after {timeout:.2f} s"
+                    )
+                self._changed.wait(remaining)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: idle connections now, lent ones as they come back.
+
+        Requests waiting get :class:`PoolClosed`. Waits up to ``timeout`` for
+        lent connections to be returned; any returned later are closed then.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._closing.set()
+            idle = list(self._idle)
+            self._idle.clear()
+            self._nconns -= len(idle)
+            waiters = list(self._waiters)
+            self._waiters.clear()
+            for waiter in waiters:
+                waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
+                waiter.ready.release()
+            self._changed.notify_all()
+        for slot in idle:
+            self._close_quietly(slot.conn)
+        deadline = monotonic() + timeout
+        with self._changed:
+            while self._lent and (remaining := deadline - monotonic()) > 0:
+                self._changed.wait(remaining)
+
+    def __enter__(self) -> Pool:
+        self.open(wait=True, timeout=self.timeout)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the sizes; extra idle connections close now, lent ones on return."""
+        max_size = min_size if max_size is None else max_size
+        _check_sizes(min_size, max_size)
+        with self._lock:
+            self.min_size, self.max_size = min_size, max_size
+            excess = []
+            while self._idle and self._nconns > max_size:
+                excess.append(self._idle.popleft())
+                self._nconns -= 1
+            spawn = self._connectors_to_start_locked()
+            self._changed.notify_all()
+        for slot in excess:
+            self._close_quietly(slot.conn)
+        self._start_threads(spawn, False)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones close now, lent ones when returned.
+
+        For after a fail-over, a password rotation or a schema change that
+        cached plans would not survive.
+        """
+        with self._lock:
+            self._generation += 1
+            idle = list(self._idle)
+            self._idle.clear()
+            self._nconns -= len(idle)
+            spawn = self._connectors_to_start_locked()
+            self._changed.notify_all()
+        for slot in idle:
+            self._close_quietly(slot.conn)
+        self._start_threads(spawn, False)
+
+    def _after_fork_in_child(self) -> None:
+        """Forget the parent's connections without touching their sockets.
+
+        Called by :mod:`django_pool.fork` in the child, where only the forking
+        thread survives and the lock may have been held by another thread. Each
+        inherited socket is pointed at /dev/null, so neither this code nor a
+        driver's finaliser can send anything (a libpq Terminate message, a MySQL
+        COM_QUIT) on the parent's session; the objects are kept, never used.
+        """
+        inherited = dict(self._inherited)
+        for slot in [*self._idle, *self._lent.values()]:
+            inherited[id(slot.conn)] = slot.conn
+            fork.detach(self._adapter_of(slot.conn), slot.conn)
+        waiting = len(self._waiters)
+        opened, closed, adapter = self._opened, self._closed, self._adapter
+        self._init_state()
+        self._inherited = inherited
+        self._opened, self._closed, self._adapter = opened, closed, adapter
+        if waiting:
+            logger.debug("pool %r: %d waiters did not survive fork", self.name, waiting)
+
+    # -- stats ---------------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """Gauges and counters, with psycopg_pool's keys plus a few of our own.
+
+        Times are in milliseconds. ``last_connection_error`` (password removed)
+        is present once a connection attempt has failed.
+        """
+        with self._lock:
+            return self._stats_locked()
+
+    def pop_stats(self) -> dict[str, Any]:
+        """Like :meth:`get_stats`, and reset the counters (not the gauges)."""
+        with self._lock:
+            stats = self._stats_locked()
+            self._reset_counters()
+            return stats
+
+    def _stats_locked(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size,
+            "pool_size": self._nconns + self._connecting,
+            "pool_available": len(self._idle),
+            "pool_in_use": len(self._lent),
+            "connections_opening": self._connecting,
+            "requests_waiting": len(self._waiters),
+            "requests_num": self._requests_num,
+            "requests_queued": self._requests_queued,
+            "requests_wait_ms": round(self._requests_wait * 1000),
+            "requests_errors": self._requests_errors,
+            "usage_ms": round(self._usage * 1000),
+            "returns_bad": self._returns_bad,
+            "connections_num": self._connections_num,
+            "connections_ms": round(self._connections_time * 1000),
+            "connections_errors": self._connections_errors,
+            "connections_lost": self._connections_lost,
+        }
+        if self._last_error is not None:
+            stats["last_connection_error"] = self._last_error
+        return stats
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _adapter_of(self, conn: Any) -> Adapter:
+        if self._adapter is None:
+            self._adapter = adapter_for(conn)
+        return self._adapter
+
+    def _close_quietly(self, conn: Any) -> None:
+        try:
+            self._adapter_of(conn).close(conn)
+        except Exception as exc:
+            logger.debug("pool %r: error closing a connection: %s", self.name, exc)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+
+def _ewma(average: float, sample: float) -> float:
+    """Exponentially weighted moving average; the first sample stands alone."""
+    return average + _EWMA_WEIGHT * (sample - average) if average else sample
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: object, minimum: float, strict: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or value < minimum or (strict and value == minimum):  # type: ignore[operator]
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a number {relation} {minimum}, got {value!r}")
+
+
+def _check_sizes(min_size: object, max_size: object) -> None:
+    _check_int("min_size", min_size, minimum=0)
+    _check_int("max_size", max_size, minimum=1)
+    if max_size < min_size:  # type: ignore[operator]
+        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
