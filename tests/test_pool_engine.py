@@ -1,0 +1,547 @@
+"""Engine behaviour, with the fake driver so that orderings can be set up exactly.
+
+The same behaviours run against real servers in test_pool_postgres.py and
+test_pool_mysql.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from django_pool import ConnectionFailed, Pool, PoolClosed, PoolTimeout, TooManyRequests
+from tests.fakes import FakeAdapter, FakeConnection, FakeConnector, FakeDisconnect
+
+PSYCOPG_POOL_STATS_KEYS = {
+    "pool_min",
+    "pool_max",
+    "pool_size",
+    "pool_available",
+    "requests_waiting",
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "usage_ms",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+}
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., tuple[Pool, FakeConnector]]]:
+    pools: list[Pool] = []
+
+    def make(delay: float = 0.0, **options: Any) -> tuple[Pool, FakeConnector]:
+        connector = FakeConnector(delay)
+        options.setdefault("timeout", 5.0)
+        pool = Pool(connector, FakeAdapter(), **options)
+        pools.append(pool)
+        return pool, connector
+
+    yield make
+    for pool in pools:
+        pool.close(timeout=0)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def start_getter(pool: Pool, results: list[Any], timeout: float | None = None) -> threading.Thread:
+    """Run getconn in a thread; append the connection or the exception to results."""
+
+    def run() -> None:
+        try:
+            results.append(pool.getconn(timeout))
+        except Exception as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+# 1. LIFO ---------------------------------------------------------------------------
+
+
+def test_most_recently_returned_connection_is_lent_first(make_pool):
+    pool, _ = make_pool(min_size=3)
+    pool.wait()
+    a, b, c = pool.getconn(), pool.getconn(), pool.getconn()
+    for conn in (a, c, b):
+        pool.putconn(conn)
+    assert pool.getconn() is b
+    assert pool.getconn() is c
+    assert pool.getconn() is a
+
+
+def test_a_single_thread_keeps_reusing_one_connection(make_pool):
+    pool, _ = make_pool(min_size=4)
+    pool.wait()
+    seen = set()
+    for _ in range(20):
+        conn = pool.getconn()
+        seen.add(conn.id)
+        pool.putconn(conn)
+    assert len(seen) == 1
+
+
+# 2. Fair hand-off, one deadline ------------------------------------------------------
+
+
+def test_waiters_are_served_first_come_first_served(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    held = pool.getconn()
+    order: list[int] = []
+    results: list[Any] = []
+    threads = []
+    for i in range(4):
+
+        def run(i: int = i) -> None:
+            conn = pool.getconn()
+            order.append(i)
+            results.append(conn)
+            pool.putconn(conn)
+
+        threads.append(threading.Thread(target=run))
+        threads[-1].start()
+        wait_until(lambda i=i: pool.get_stats()["requests_waiting"] == i + 1)
+    pool.putconn(held)
+    for thread in threads:
+        thread.join(5)
+    assert order == [0, 1, 2, 3]
+    assert all(conn is held for conn in results)
+
+
+def test_returned_connection_skips_waiters_that_gave_up(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    held = pool.getconn()
+    results: list[Any] = []
+    quitter = start_getter(pool, results, timeout=0.1)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    patient_results: list[Any] = []
+    patient = start_getter(pool, patient_results, timeout=5)
+    quitter.join(5)
+    assert isinstance(results[0], PoolTimeout)
+    pool.putconn(held)
+    patient.join(5)
+    assert patient_results == [held]
+    stats = pool.get_stats()
+    assert stats["requests_errors"] == 1
+    assert stats["pool_size"] == 1 and stats["pool_in_use"] == 1
+
+
+def test_one_deadline_covers_validating_and_connecting(make_pool):
+    # Every idle connection is dead and a new one takes 0.3 s: a 0.15 s
+    # deadline must not grow into "0.15 s of waiting plus the connect time".
+    pool, connector = make_pool(min_size=2, validate_after=0)
+    pool.wait()
+    for conn in connector.made:
+        conn.dead = True
+    connector.delay = 0.3
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.15)
+    assert time.monotonic() - started < 0.15 + 0.1
+    # With enough time the same request is served by a fresh connection.
+    conn = pool.getconn(timeout=2)
+    assert not conn.dead and conn not in connector.made[:2]
+
+
+# 3. max_waiting, close -------------------------------------------------------------------
+
+
+def test_max_waiting_fails_fast(make_pool):
+    pool, _ = make_pool(min_size=1, max_waiting=1)
+    pool.wait()
+    held = pool.getconn()
+    results: list[Any] = []
+    waiting = start_getter(pool, results, timeout=5)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    started = time.monotonic()
+    with pytest.raises(TooManyRequests, match="max_waiting=1"):
+        pool.getconn(timeout=5)
+    assert time.monotonic() - started < 1
+    pool.putconn(held)
+    waiting.join(5)
+    assert results == [held]
+
+
+def test_close_raises_pool_closed_to_everyone_waiting(make_pool):
+    pool, connector = make_pool(min_size=1)
+    pool.wait()
+    held = pool.getconn()
+    results: list[Any] = []
+    threads = [start_getter(pool, results, timeout=10) for _ in range(3)]
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 3)
+    pool.close(timeout=0)
+    for thread in threads:
+        thread.join(5)
+    assert len(results) == 3 and all(isinstance(r, PoolClosed) for r in results)
+    with pytest.raises(PoolClosed):
+        pool.getconn()
+    pool.putconn(held)  # returned after close: closed, not kept
+    assert held.closed
+    assert connector.open_connections == []
+
+
+# 4. Background growth, throttled to demand --------------------------------------------------
+
+
+def test_connections_are_opened_by_background_threads(make_pool):
+    pool, connector = make_pool(min_size=0, max_size=4, name="bg")
+    results: list[Any] = []
+    threads = [start_getter(pool, results) for _ in range(3)]
+    for thread in threads:
+        thread.join(5)
+    assert connector.made
+    assert all(conn.opened_in == "bg-connect" for conn in connector.made)
+
+
+def test_spike_opens_few_connections(make_pool):
+    # HikariCP's spike: 50 requests at once, 150 ms to connect, 2 ms of work.
+    pool, connector = make_pool(delay=0.15, min_size=0, max_size=50)
+    barrier = threading.Barrier(50)
+    waits: list[float] = []
+
+    def request() -> None:
+        barrier.wait()
+        started = time.monotonic()
+        conn = pool.getconn()
+        waits.append(time.monotonic() - started)
+        time.sleep(0.002)
+        pool.putconn(conn)
+
+    threads = [threading.Thread(target=request) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    time.sleep(0.4)  # let any connection still being opened arrive
+    assert len(waits) == 50
+    assert len(connector.made) <= 8
+    assert connector.max_concurrent <= pool.num_workers
+
+
+def test_long_held_connections_let_the_pool_grow(make_pool):
+    # Usage history says "2 ms", but now every connection is held: the throttle
+    # must notice its estimate is wrong and open more.
+    pool, connector = make_pool(delay=0.02, min_size=1, max_size=4)
+    pool.wait()
+    for _ in range(50):
+        pool.putconn(pool.getconn())
+    held = [pool.getconn()]
+    started = time.monotonic()
+    held.append(pool.getconn(timeout=2))
+    assert time.monotonic() - started < 1.5
+    assert len(connector.made) == 2
+
+
+# 5. Lifetime and idle time ---------------------------------------------------------------------
+
+
+def test_expired_connections_are_never_lent(make_pool):
+    pool, connector = make_pool(min_size=2, max_lifetime=0.2)
+    pool.wait()
+    created = {}
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        conn = pool.getconn()
+        now = time.monotonic()
+        created.setdefault(conn.id, now)
+        assert now - created[conn.id] < 0.2 + 0.05  # lent within its lifetime
+        pool.putconn(conn)
+    assert len(connector.made) >= 4  # expired ones were replaced
+
+
+def test_lifetime_is_enforced_at_checkout(make_pool):
+    pool, connector = make_pool(min_size=1, max_lifetime=0.2)
+    pool.wait()
+    first = pool.getconn()
+    pool.putconn(first)
+    # Make the maintenance thread too late to see it: only checkout can catch it.
+    pool._idle[-1].expires_at = time.monotonic() - 1
+    second = pool.getconn()
+    assert second is not first and first.closed
+
+
+def test_lifetimes_are_jittered(make_pool):
+    pool, _ = make_pool(min_size=20, max_lifetime=100.0)
+    pool.wait()
+    lifetimes = [slot.expires_at - slot.last_ok for slot in pool._idle]
+    assert all(95.0 - 1e-6 <= lifetime <= 100.0 for lifetime in lifetimes)
+    assert len({round(lifetime, 6) for lifetime in lifetimes}) > 1
+
+
+def test_idle_connections_above_min_size_are_closed(make_pool):
+    pool, connector = make_pool(min_size=1, max_size=4, max_idle=0.2)
+    pool.wait()
+    held = [pool.getconn() for _ in range(4)]
+    for conn in held:
+        pool.putconn(conn)
+    assert pool.get_stats()["pool_size"] == 4
+    wait_until(lambda: pool.get_stats()["pool_size"] == 1, timeout=3)
+    assert len(connector.open_connections) == 1
+
+
+# 6. Validation ------------------------------------------------------------------------------
+
+
+def test_recently_used_connection_is_not_pinged(make_pool):
+    pool, _ = make_pool(min_size=1, validate_after=0.3)
+    pool.wait()
+    conn = pool.getconn()
+    pool.putconn(conn)
+    for _ in range(10):
+        pool.putconn(pool.getconn())
+    assert conn.pings == 0
+    time.sleep(0.35)
+    pool.putconn(pool.getconn())
+    assert conn.pings == 1
+
+
+def test_idle_connection_failing_its_ping_is_replaced(make_pool):
+    pool, connector = make_pool(min_size=1, validate_after=0.1)
+    pool.wait()
+    dead = pool.getconn()
+    pool.putconn(dead)
+    dead.dead = True
+    time.sleep(0.15)
+    conn = pool.getconn()
+    assert conn is not dead and dead.closed
+    assert pool.get_stats()["connections_lost"] == 1
+
+
+def test_validate_after_none_never_pings(make_pool):
+    pool, _ = make_pool(min_size=1, validate_after=None)
+    pool.wait()
+    conn = pool.getconn()
+    pool.putconn(conn)
+    time.sleep(0.05)
+    pool.putconn(pool.getconn())
+    assert conn.pings == 0
+
+
+# 7. On return ---------------------------------------------------------------------------------
+
+
+def test_connection_left_in_transaction_is_rolled_back(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    conn.in_transaction = True
+    pool.putconn(conn)
+    assert conn.rollbacks == 1 and not conn.in_transaction
+    assert pool.getconn() is conn
+
+
+def test_broken_connection_is_closed_and_replaced(make_pool):
+    pool, connector = make_pool(min_size=2)
+    pool.wait()
+    conn = pool.getconn()
+    conn.closed = True
+    pool.putconn(conn)
+    wait_until(lambda: len(connector.open_connections) == 2)
+    stats = pool.get_stats()
+    assert stats["returns_bad"] == 1 and stats["pool_size"] == 2
+
+
+def test_reset_hook_runs_and_a_failing_reset_discards(make_pool):
+    calls: list[FakeConnection] = []
+
+    def reset(conn: FakeConnection) -> None:
+        calls.append(conn)
+        if getattr(conn, "poison", False):
+            raise RuntimeError("cannot reset")
+
+    pool, _ = make_pool(min_size=1, reset=reset)
+    pool.wait()
+    conn = pool.getconn()
+    pool.putconn(conn)
+    assert calls == [conn] and not conn.closed
+    conn = pool.getconn()
+    conn.poison = True
+    pool.putconn(conn)
+    assert conn.closed
+
+
+def test_after_a_disconnect_older_idle_connections_are_checked(make_pool):
+    # Two idle connections, both used a moment ago (inside the validation
+    # window); the server restarts; the first use fails. The other one must be
+    # checked before it is lent, though it was used recently.
+    pool, connector = make_pool(min_size=0, max_size=2, validate_after=60)
+    first, second = pool.getconn(), pool.getconn()
+    pool.putconn(first)
+    pool.putconn(second)
+    first.dead = second.dead = True
+    with pytest.raises(FakeDisconnect), pool.connection() as conn:
+        assert conn is second
+        conn.query()
+    assert second.closed
+    conn = pool.getconn()
+    assert first.pings == 1 and first.closed
+    assert conn not in (first, second) and not conn.dead
+    assert pool.get_stats()["connections_lost"] == 2
+
+
+def test_connection_context_discards_on_disconnect_only(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    with pytest.raises(ValueError), pool.connection() as conn:
+        raise ValueError("application error")
+    assert not conn.closed and pool.getconn() is conn
+
+
+# 8. Reconnection and error reporting -------------------------------------------------------------
+
+
+def test_reconnection_backs_off_exponentially(make_pool):
+    pool, connector = make_pool(min_size=1, open=False)
+    connector.error = OSError("connection refused")
+    pool.open()
+    time.sleep(2.0)
+    # Retries at about 0.5, 1, 2 s (each x0.5-1.5): never more than 5 in 2 s.
+    assert 2 <= connector.attempts <= 5
+    gaps = pool.get_stats()
+    assert gaps["connections_errors"] == connector.attempts
+
+
+def test_timeout_message_has_the_cause_without_the_password(make_pool):
+    pool, connector = make_pool(min_size=0, max_size=2, secrets=["hunter2"], name="db1")
+    connector.error = RuntimeError(
+        'FATAL: password authentication failed for user "app" (dsn: password=hunter2 host=x)'
+    )
+    with pytest.raises(PoolTimeout) as info:
+        pool.getconn(timeout=0.3)
+    message = str(info.value)
+    assert "password authentication failed" in message
+    assert "'db1'" in message and "max_size=2" in message
+    assert "hunter2" not in message
+    stats = pool.get_stats()
+    assert "password authentication failed" in stats["last_connection_error"]
+    assert "hunter2" not in repr(stats) and "hunter2" not in repr(pool)
+
+
+def test_open_wait_fails_fast_with_the_cause(make_pool):
+    pool, connector = make_pool(min_size=2, open=False)
+    connector.error = RuntimeError('database "nope" does not exist')
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed, match='database "nope" does not exist'):
+        pool.open(wait=True, timeout=20)
+    assert time.monotonic() - started < 2
+
+
+def test_pool_recovers_when_the_database_comes_back(make_pool):
+    pool, connector = make_pool(min_size=1, open=False)
+    connector.error = OSError("connection refused")
+    pool.open()
+    wait_until(lambda: connector.attempts >= 1)
+    connector.error = None
+    conn = pool.getconn(timeout=5)
+    assert not conn.closed
+    assert pool.get_stats()["connections_errors"] >= 1
+
+
+# 10. Stats, sizes, life cycle ------------------------------------------------------------------------
+
+
+def test_stats_have_psycopg_pool_keys_and_count(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    held = pool.getconn()
+    results: list[Any] = []
+    waiter = start_getter(pool, results)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    time.sleep(0.05)
+    pool.putconn(held)
+    waiter.join(5)
+    pool.putconn(results[0])
+    stats = pool.get_stats()
+    assert PSYCOPG_POOL_STATS_KEYS <= stats.keys()
+    assert stats["requests_num"] == 2
+    assert stats["requests_queued"] == 1
+    assert stats["requests_wait_ms"] >= 40
+    assert stats["connections_num"] == 1
+    assert stats["usage_ms"] >= 40
+    popped = pool.pop_stats()
+    assert popped["requests_num"] == 2
+    after = pool.get_stats()
+    assert after["requests_num"] == 0 and after["pool_size"] == 1
+
+
+def test_resize_grows_and_shrinks(make_pool):
+    pool, connector = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    pool.resize(3, 5)
+    wait_until(lambda: pool.get_stats()["pool_size"] == 3)
+    held = pool.getconn()
+    pool.resize(1, 1)
+    assert pool.get_stats()["pool_size"] == 1  # the idle ones closed at once
+    pool.putconn(held)
+    assert len(connector.open_connections) == 1
+
+
+def test_drain_replaces_every_connection(make_pool):
+    pool, connector = make_pool(min_size=2)
+    pool.wait()
+    held = pool.getconn()
+    old = list(connector.made)
+    pool.drain()
+    pool.putconn(held)
+    assert held.closed
+    wait_until(lambda: len(connector.open_connections) == 2)
+    assert not set(connector.open_connections) & set(old)
+
+
+def test_putconn_rejects_foreign_and_double_returns(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    pool.putconn(conn)
+    with pytest.raises(ValueError, match="not lent by pool"):
+        pool.putconn(conn)
+    with pytest.raises(ValueError):
+        pool.putconn(FakeConnection())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_size": 5, "max_size": 2}, r"max_size \(2\) must be >= min_size \(5\)"),
+        ({"min_size": -1}, "min_size must be an integer >= 0"),
+        ({"timeout": "30"}, "timeout must be a number"),
+        ({"max_lifetime": 0}, "max_lifetime must be a number > 0"),
+        ({"num_workers": 0}, "num_workers must be an integer >= 1"),
+        ({"validate_after": -1}, "validate_after must be a number >= 0"),
+    ],
+)
+def test_bad_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        Pool(FakeConnector(), FakeAdapter(), open=False, **options)
+
+
+def test_pool_as_context_manager_opens_and_closes():
+    connector = FakeConnector()
+    with Pool(connector, FakeAdapter(), min_size=2) as pool:
+        assert pool.get_stats()["pool_size"] == 2
+    assert pool.closed and connector.open_connections == []
+
+
+def test_getconn_before_open_says_so():
+    pool = Pool(FakeConnector(), FakeAdapter(), open=False)
+    with pytest.raises(PoolClosed, match="not open"):
+        pool.getconn()
