@@ -394,7 +394,7 @@ class Pool:
                 self._redact(str(exc)),
             )
             return False
-        return adapter.state(conn) == IDLE
+        return adapter.state(conn) != BROKEN
 
     def _put_unknown(self, conn: Any) -> None:
         if id(conn) in self._inherited:

@@ -7,6 +7,7 @@ expose of the connection's state.
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 from .base import BROKEN, IDLE, IN_TRANSACTION, Adapter
@@ -25,6 +26,7 @@ _DISCONNECT_ERRNOS = frozenset(
     }
 )
 _SERVER_STATUS_IN_TRANS = 1
+_SERVER_STATUS_AUTOCOMMIT = 2
 
 
 def _errno(exc: BaseException) -> int | None:
@@ -40,29 +42,46 @@ class _MySQLAdapter(Adapter):
         return _errno(exc) in _DISCONNECT_ERRNOS
 
 
-class MySQLClientAdapter(_MySQLAdapter):
-    """mysqlclient does not expose the in-transaction flag, only autocommit.
+def _readable(fd: int) -> bool:
+    """True if the socket has data or EOF waiting: an idle session never does,
+    so the server closed it (or sent its last error before closing)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
-    With autocommit off a transaction may be open, so it is rolled back. With
-    autocommit on (Django's default) only an explicit ``START TRANSACTION``
-    opens one; the Django backend tracks those itself.
+
+class MySQLClientAdapter(_MySQLAdapter):
+    """mysqlclient exposes neither a lost session nor the in-transaction flag.
+
+    A lost session keeps ``open`` set and its socket (and a cursor's close
+    clears the error number), so the socket itself is asked, without I/O on
+    the session: a zero-timeout poll. With autocommit off a transaction may be
+    open, so it is rolled back; with autocommit on (Django's default) only an
+    explicit ``START TRANSACTION`` opens one, which the Django backend tracks.
     """
 
     name = "mysqlclient"
 
     def state(self, conn: Any) -> int:
-        if not conn.open:
+        if not conn.open or _readable(conn.fileno()):
             return BROKEN
         return IDLE if conn.get_autocommit() else IN_TRANSACTION
 
 
 class PyMySQLAdapter(_MySQLAdapter):
+    """PyMySQL exposes the server's status flags, but the in-transaction flag
+    is not set by a read-only SELECT, which still holds metadata locks until
+    the transaction ends: so autocommit off always means "roll back"."""
+
     name = "pymysql"
 
     def state(self, conn: Any) -> int:
         if not conn.open:
             return BROKEN
-        return IN_TRANSACTION if conn.server_status & _SERVER_STATUS_IN_TRANS else IDLE
+        status = conn.server_status
+        if status & _SERVER_STATUS_AUTOCOMMIT and not status & _SERVER_STATUS_IN_TRANS:
+            return IDLE
+        return IN_TRANSACTION
 
     def ping(self, conn: Any) -> None:
         conn.ping(reconnect=False)

@@ -1,0 +1,116 @@
+"""PostgreSQL-only faults, with psycopg 3 and with psycopg2: the server
+restarted under load, and the server refusing more connections.
+
+The behaviours every driver shares are in test_pool_servers.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from django_pool import Pool, PoolTimeout
+from tests.drivers import POSTGRES_DRIVERS, Driver
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(params=POSTGRES_DRIVERS, ids=lambda d: d.name)
+def driver(request: pytest.FixtureRequest) -> Driver:
+    return request.param
+
+
+@pytest.fixture
+def make_pool(driver, pg_conninfo) -> Iterator[Callable[..., Pool]]:
+    pools: list[Pool] = []
+
+    def make(conninfo: str | None = None, autocommit: bool = True, **options: Any) -> Pool:
+        info = conninfo or pg_conninfo
+        options.setdefault("timeout", 10.0)
+        pool = Pool(lambda: driver.connect(info, autocommit), **options)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close(timeout=0)
+
+
+def terminate(pg_server, session_id: int) -> None:
+    rows = pg_server.execute(f"SELECT pg_terminate_backend({session_id})")
+    assert rows == [(True,)]
+    # pg_terminate_backend only signals: wait until the backend is gone.
+    deadline = time.monotonic() + 5
+    while pg_server.execute(f"SELECT 1 FROM pg_stat_activity WHERE pid = {session_id}"):
+        assert time.monotonic() < deadline, "backend did not exit"
+        time.sleep(0.01)
+
+
+def test_server_restart_under_load(make_pool, driver, pg_server):
+    pool = make_pool(min_size=4, validate_after=60, timeout=30)
+    pool.wait()
+    stop = threading.Event()
+    failures: list[str] = []
+    successes_after_restart = [0]
+    restarted = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                with pool.connection() as conn:
+                    driver.query(conn, "SELECT 1")
+                if restarted.is_set():
+                    successes_after_restart[0] += 1
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    pg_server.restart()
+    restarted.set()
+    time.sleep(2.0)
+    failures_before_settled = len(failures)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    # Each connection open at the restart may fail once, when it is first used
+    # after it; none fails twice and no request fails once the pool has seen it.
+    assert failures_before_settled <= 4 + 4, failures
+    assert len(failures) == failures_before_settled, failures[failures_before_settled:]
+    assert successes_after_restart[0] > 50
+
+
+def test_server_refusing_connections_reports_the_cause(make_pool, driver, pg_server, pg_conninfo):
+    # A role limited to two sessions: the server says no as it does at
+    # max_connections, with SQLSTATE 53300.
+    role = f"dp_limited_{driver.name}"
+    pg_server.execute(f"DROP ROLE IF EXISTS {role}")
+    pg_server.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    try:
+        pool = make_pool(
+            conninfo=f"{pg_conninfo} user={role}", min_size=0, max_size=4, name="limited"
+        )
+        held = [pool.getconn(), pool.getconn()]
+        with pytest.raises(PoolTimeout) as info:
+            pool.getconn(timeout=1.5)
+        message = str(info.value)
+        assert "too many connections for role" in message
+        assert "'limited'" in message and "2 open" in message
+        for conn in held:
+            pool.putconn(conn)
+        with pool.connection() as conn:  # the pool still works within the limit
+            driver.query(conn, "SELECT 1")
+        pool.close()
+    finally:
+        pg_server.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        pg_server.execute(f"DROP ROLE IF EXISTS {role}")
