@@ -545,3 +545,21 @@ def test_getconn_before_open_says_so():
     pool = Pool(FakeConnector(), FakeAdapter(), open=False)
     with pytest.raises(PoolClosed, match="not open"):
         pool.getconn()
+
+
+def test_close_waits_for_connects_under_way_not_for_lent_connections(make_pool):
+    pool, connector = make_pool(delay=0.3, min_size=1, max_size=2)
+    pool.wait()
+    held = pool.getconn()
+    results: list[Any] = []
+    waiter = start_getter(pool, results, timeout=5)  # starts a 0.3 s connect
+    wait_until(lambda: connector.concurrent == 1)
+    started = time.monotonic()
+    pool.close(timeout=5)
+    elapsed = time.monotonic() - started
+    assert 0.1 < elapsed < 2  # the connect finished; the lent one was not awaited
+    waiter.join(5)
+    assert isinstance(results[0], PoolClosed)
+    assert [c for c in connector.open_connections if c is not held] == []
+    pool.putconn(held)
+    assert held.closed

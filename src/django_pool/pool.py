@@ -519,6 +519,8 @@ class Pool:
                 done = self._connecting >= self._connectors_wanted_locked()
                 if not done:
                     self._connecting += 1
+                elif self._closed:
+                    self._changed.notify_all()  # close() waits for the last connector
             if discard is not None:
                 self._close_quietly(discard)
             if done:
@@ -663,10 +665,11 @@ class Pool:
                 self._changed.wait(remaining)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Close the pool: idle connections now, lent ones as they come back.
+        """Close the pool: idle connections now, lent ones when they come back.
 
         Requests waiting get :class:`PoolClosed`. Waits up to ``timeout`` for
-        lent connections to be returned; any returned later are closed then.
+        connection attempts under way to finish (each closes what it opened);
+        it never waits for lent connections, which may be held indefinitely.
         """
         with self._lock:
             if self._closed:
@@ -676,17 +679,16 @@ class Pool:
             idle = list(self._idle)
             self._idle.clear()
             self._nconns -= len(idle)
-            waiters = list(self._waiters)
-            self._waiters.clear()
-            for waiter in waiters:
+            for waiter in self._waiters:
                 waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
                 waiter.ready.release()
+            self._waiters.clear()
             self._changed.notify_all()
         for slot in idle:
             self._close_quietly(slot.conn)
         deadline = monotonic() + timeout
         with self._changed:
-            while self._lent and (remaining := deadline - monotonic()) > 0:
+            while self._connecting and (remaining := deadline - monotonic()) > 0:
                 self._changed.wait(remaining)
 
     def __enter__(self) -> Pool:
