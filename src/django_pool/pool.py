@@ -468,7 +468,9 @@ class Pool:
                     useful = math.ceil(waiting * self._usage_avg / self._connect_avg) - nconns
                     waiting = min(waiting, useful)
             want = max(want, waiting)
-        return max(0, min(want, self.max_size - nconns, self.num_workers))
+        # While connecting fails, one attempt at a time probes the server.
+        workers = 1 if self._failures else self.num_workers
+        return max(0, min(want, self.max_size - nconns, workers))
 
     def _connectors_to_start_locked(self) -> int:
         """Count new connector threads in ``_connecting``; the caller starts them."""
@@ -510,6 +512,9 @@ class Pool:
                     self._connections_num += 1
                     self._connections_time += elapsed
                     self._connect_avg = _ewma(self._connect_avg, elapsed)
+                    self._failures = 0
+                    self._gave_up = False
+                    self._retry_at = 0.0
                     if self._closed or slot.generation != self._generation:
                         discard = slot.conn
                     else:
@@ -544,10 +549,6 @@ class Pool:
             return None
         now = monotonic()
         lifetime = self.max_lifetime * (1 - _LIFETIME_JITTER * random.random())
-        with self._lock:
-            self._failures = 0
-            self._gave_up = False
-            self._retry_at = 0.0
         return _Slot(conn, now, now + lifetime, generation), now - started
 
     def _connect_failed(self, exc: BaseException, started: float) -> None:
