@@ -73,6 +73,7 @@ class FakeConnector:
         self.error: Exception | None = None
         self.made: list[FakeConnection] = []
         self.attempts = 0
+        self.attempt_times: list[float] = []
         self.concurrent = 0
         self.max_concurrent = 0
         self._lock = threading.Lock()
@@ -80,6 +81,7 @@ class FakeConnector:
     def __call__(self) -> FakeConnection:
         with self._lock:
             self.attempts += 1
+            self.attempt_times.append(time.monotonic())
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:

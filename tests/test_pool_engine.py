@@ -6,6 +6,7 @@ test_pool_mysql.py.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -410,13 +411,20 @@ def test_connection_context_discards_on_disconnect_only(make_pool):
 
 
 def test_reconnection_backs_off_exponentially_with_one_probe(make_pool):
-    pool, connector = make_pool(min_size=3, num_workers=3, open=False)
+    pool, connector = make_pool(delay=0.05, min_size=3, num_workers=3, open=False)
     connector.error = OSError("connection refused")
+    started = time.monotonic()
     pool.open()
     time.sleep(2.0)
-    # Three first attempts at once, then one probe at about 0.5, 1, 2 s (each
-    # x0.5-1.5): never more than 3 + 4 in 2 s (3 per round would be 15).
-    assert 4 <= connector.attempts <= 7
+    times = [t - started for t in connector.attempt_times]
+    # Round one: three attempts at once, failing together: one round, not three.
+    assert len([t for t in times if t < 0.1]) == 3
+    # Then a single probe after about 0.5 s (x0.5-1.5), then about 1 s later...
+    probes = [t for t in times if t >= 0.1]
+    assert 0.25 <= probes[0] <= 0.9
+    assert all(b - a >= 0.5 for a, b in itertools.pairwise(probes))
+    # ...one at a time: never more than one attempt under way after round one.
+    assert len(probes) <= 3
     assert pool.get_stats()["connections_errors"] == connector.attempts
 
 

