@@ -19,6 +19,13 @@ import pytest
 from django_pool import Pool
 from tests.drivers import MYSQL_DRIVERS, POSTGRES_DRIVERS, Driver
 
+# Python 3.12+ warns that forking a threaded process may deadlock the child on a
+# lock some other thread held. That is the case under test: the pool's threads
+# exist by design, and its fork handler takes every pool lock before the fork.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
 
 def run_in_child(child: Callable[[], Any]) -> Any:
     """Fork, run ``child`` in the child, and return what it returned (as JSON)."""
