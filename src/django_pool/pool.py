@@ -175,7 +175,7 @@ class Pool:
         """(Re)set everything that belongs to one process's life of the pool."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # sizes changed or pool closed
-        self._closing = threading.Event()  # interrupts back-off and maintenance sleeps
+        self._closing = threading.Event()  # interrupts connectors' back-off sleeps
         self._idle: deque[_Slot] = deque()
         self._lent: dict[int, _Slot] = {}
         self._waiters: deque[_Waiter] = deque()
@@ -184,6 +184,8 @@ class Pool:
         self._opened = False
         self._closed = False
         self._maintenance_running = False
+        # When the maintenance thread wakes next (-inf: it has not planned yet).
+        self._maintenance_due = -math.inf
         self._generation = 0  # bumped by drain(): older connections are not lent again
         # Idle connections last known good before this moment are pinged before
         # being lent: set when a disconnect is seen (e.g. the server restarted).
@@ -366,6 +368,8 @@ class Pool:
                     self._hand_over_locked(slot, now)
                 else:
                     self._idle.append(slot)
+                    if slot.expires_at < self._maintenance_due:
+                        self._changed.notify_all()
                 return
             self._nconns -= 1
             if not good:
@@ -515,7 +519,11 @@ class Pool:
                     self._failures = 0
                     self._gave_up = False
                     self._retry_at = 0.0
-                    if self._closed or slot.generation != self._generation:
+                    if (
+                        self._closed
+                        or slot.generation != self._generation
+                        or self._nconns >= self.max_size  # resize() lowered it meanwhile
+                    ):
                         discard = slot.conn
                     else:
                         self._nconns += 1
@@ -585,18 +593,23 @@ class Pool:
 
     def _run_maintenance(self) -> None:
         """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``."""
-        while not self._closing.is_set():
-            now = monotonic()
+        while True:
             with self._lock:
                 if self._closed:
                     return
-                expired = self._take_expired_idle_locked(now)
+                expired = self._take_expired_idle_locked(monotonic())
                 spawn = self._connectors_to_start_locked()
-                wake_at = self._next_maintenance_locked(now)
             for slot in expired:
                 self._close_quietly(slot.conn)
             self._start_threads(spawn, False)
-            self._closing.wait(max(0.01, wake_at - monotonic()))
+            with self._changed:
+                if self._closed:
+                    return
+                now = monotonic()
+                self._maintenance_due = self._next_maintenance_locked(now)
+                # Woken early by close(), new connections, or a return whose
+                # lifetime ends before the planned time (see putconn).
+                self._changed.wait(max(0.01, self._maintenance_due - now))
 
     def _take_expired_idle_locked(self, now: float) -> list[_Slot]:
         expired = [
