@@ -1,0 +1,110 @@
+"""``OPTIONS["pool"]``: read, check and turn into :class:`~django_pool.Pool` arguments.
+
+The keys are Django's built-in pool's (psycopg_pool's) where they mean the same
+thing, so moving from it is an ENGINE change only; keys that only make sense
+for psycopg_pool's own implementation are accepted where they have a meaning
+here and refused, with the reason, where they do not. Nothing is ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from ..pool import Pool
+
+#: Engine options a user may set, with their defaults (the engine's).
+ENGINE_KEYS = (
+    "min_size",
+    "max_size",
+    "timeout",
+    "max_waiting",
+    "max_lifetime",
+    "max_idle",
+    "reconnect_timeout",
+    "validate_after",
+    "num_workers",
+    "configure",
+    "reset",
+    "name",
+)
+# psycopg_pool keys with a meaning here.
+_CHECK = "check"  # a per-checkout health check: the engine pings every checkout
+# psycopg_pool keys that Django's pool sets itself, or that need psycopg_pool.
+_REFUSED = {
+    "kwargs": "connection arguments belong in OPTIONS itself, as without pooling",
+    "connection_class": "the connection is made by Django's backend",
+    "open": "the pool opens when the first connection is needed",
+    "reconnect_failed": "failures are logged on the 'django_pool' logger and in get_stats()",
+}
+
+
+def pool_arguments(
+    value: Any, settings_dict: Mapping[str, Any], alias: str
+) -> dict[str, Any] | None:
+    """Return keyword arguments for :class:`Pool`, or None when pooling is off.
+
+    Raises ImproperlyConfigured naming ``DATABASES[alias]['OPTIONS']['pool']``
+    and the key at fault.
+    """
+    where = f"DATABASES[{alias!r}]['OPTIONS']['pool']"
+    if value is None or value is False:
+        return None
+    if value is True:
+        options: dict[str, Any] = {}
+    elif isinstance(value, Mapping):
+        options = dict(value)
+    else:
+        raise ImproperlyConfigured(f"{where} must be True or a dict of options, got {value!r}")
+
+    max_age = settings_dict.get("CONN_MAX_AGE", 0)
+    if max_age != 0:
+        raise ImproperlyConfigured(
+            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] must be 0 with pooling, got {max_age!r}: "
+            "connections go back to the pool at the end of each request instead of "
+            "staying with a thread"
+        )
+
+    arguments: dict[str, Any] = {}
+    if options.pop(_CHECK, None) is not None:
+        arguments["validate_after"] = 0
+    if settings_dict.get("CONN_HEALTH_CHECKS"):
+        arguments.setdefault("validate_after", 0)
+    for key, value in options.items():
+        if key in _REFUSED:
+            raise ImproperlyConfigured(f"{where}: {key!r} is not supported: {_REFUSED[key]}")
+        if key not in ENGINE_KEYS:
+            raise ImproperlyConfigured(
+                f"{where}: unknown key {key!r}; valid keys: "
+                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK)))}"
+            )
+        if key in ("configure", "reset"):
+            value = _callable(where, key, value)
+        arguments[key] = value
+    arguments.setdefault("name", alias)
+
+    try:  # the engine checks types and ranges and names the key at fault
+        Pool(_never_called, open=False, **arguments)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"{where}: {exc}") from None
+    return arguments
+
+
+def _callable(where: str, key: str, value: Any) -> Callable[[Any], None]:
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"{where}: {key!r} could not be imported: {exc}") from None
+    if not callable(value):
+        raise ImproperlyConfigured(
+            f"{where}: {key!r} must be a callable or its dotted path, got {value!r}"
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _never_called() -> None:
+    raise AssertionError("a pool built only to check options never connects")

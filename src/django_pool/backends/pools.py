@@ -1,0 +1,141 @@
+"""The process's pools: one per database alias, shared by every thread and task.
+
+A pool is keyed by its alias *and* by what it connects to (name, host, user,
+options...). When the test runner renames the database to ``test_...``, or an
+override changes the settings, the old pool is closed and a new one is made:
+a pool made for the real database can never serve the tests' queries.
+
+Pools close at interpreter exit, or through :func:`close_pools`. After
+``os.fork()`` the child's Django connections that were lent by a pool are
+forgotten (the engine has already detached their sockets), so the next query
+in the child takes a fresh connection from the child's own pool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..pool import Pool
+
+if TYPE_CHECKING:
+    from .base import PooledWrapperMixin
+
+# Attributes Django's backends set on the wrapper while connecting (PostgreSQL:
+# the isolation level it found or was told). A checkout skips that work, so
+# the values seen when the pool's connections were made are copied over.
+WRAPPER_STATE = ("isolation_level",)
+
+
+@dataclass
+class PoolEntry:
+    key: tuple[Any, ...]
+    pool: Pool
+    wrapper_state: dict[str, Any] = field(default_factory=dict)
+
+
+_entries: dict[str, PoolEntry] = {}
+_lock = threading.Lock()
+
+
+def connection_key(settings_dict: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a pool connects to: a change in any of these needs another pool."""
+    return (
+        settings_dict["NAME"],
+        settings_dict["USER"],
+        settings_dict["PASSWORD"],
+        settings_dict["HOST"],
+        settings_dict["PORT"],
+        settings_dict["TIME_ZONE"],
+        repr(settings_dict["OPTIONS"]),
+    )
+
+
+def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
+    """The pool entry for the wrapper's alias and settings, made on first use.
+
+    Made once even when many threads ask at the same moment.
+    """
+    key = connection_key(wrapper.settings_dict)
+    entry = _entries.get(wrapper.alias)
+    if entry is not None and entry.key == key:
+        return entry
+    replaced = None
+    with _lock:
+        entry = _entries.get(wrapper.alias)
+        if entry is None or entry.key != key:
+            replaced = entry
+            entry = _new_entry(wrapper, key)
+            _entries[wrapper.alias] = entry
+    if replaced is not None:
+        replaced.pool.close(timeout=0)
+    return entry
+
+
+def _new_entry(wrapper: PooledWrapperMixin, key: tuple[Any, ...]) -> PoolEntry:
+    settings_dict = dict(wrapper.settings_dict)
+    alias = wrapper.alias
+    wrapper_class = type(wrapper)
+    arguments = dict(wrapper.pool_arguments or {})
+    wrapper_state: dict[str, Any] = {}
+
+    def connect() -> Any:
+        # A throw-away unpooled wrapper runs Django's own connect steps, so the
+        # physical connection is set up exactly as without pooling, once.
+        maker: Any = wrapper_class(settings_dict, alias)
+        maker.pool_arguments = None
+        conn = maker.get_new_connection(maker.get_connection_params())
+        try:
+            maker.connection = conn
+            maker.set_autocommit(settings_dict["AUTOCOMMIT"])
+            maker.init_connection_state()
+        except BaseException:
+            conn.close()
+            raise
+        wrapper_state.update((a, maker.__dict__[a]) for a in WRAPPER_STATE if a in maker.__dict__)
+        return conn
+
+    password = settings_dict.get("PASSWORD") or ""
+    pool = Pool(connect, secrets=[password] if password else (), **arguments)
+    return PoolEntry(key, pool, wrapper_state)
+
+
+def get_pool(alias: str = "default") -> Pool | None:
+    """The pool currently serving ``alias`` in this process, if one was made."""
+    entry = _entries.get(alias)
+    return entry.pool if entry is not None else None
+
+
+def close_pools(alias: str | None = None, timeout: float = 5.0) -> None:
+    """Close the pool of ``alias``, or every pool of this process.
+
+    Idle connections close now, lent ones when they are returned. The next
+    query makes a new pool.
+    """
+    with _lock:
+        if alias is None:
+            entries = list(_entries.values())
+            _entries.clear()
+        else:
+            entry = _entries.pop(alias, None)
+            entries = [entry] if entry is not None else []
+    for entry in entries:
+        entry.pool.close(timeout=timeout)
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child: drop the pooled connections the forking thread held."""
+    from django.db import connections
+
+    for wrapper in connections.all(initialized_only=True):
+        forget: Callable[[], None] | None = getattr(wrapper, "forget_pooled_connection", None)
+        if forget is not None:
+            forget()
+
+
+atexit.register(close_pools)
+os.register_at_fork(after_in_child=_forget_inherited_connections)

@@ -1,0 +1,237 @@
+"""The pooled Django backends against real servers, through Django's own ORM.
+
+The test databases are created by Django's test machinery (pytest-django), so
+creation and migrations run through the pooled backends too.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, transaction
+from django.db.backends.signals import connection_created
+from django.db.utils import load_backend
+
+from django_pool.backends import close_pools, get_pool
+from django_pool.threads import PooledThreadPoolExecutor, returns_connections
+from tests.djangoapp.models import Item
+
+ALIASES = [
+    pytest.param("default", id="postgresql"),
+    pytest.param(
+        "mysql",
+        id="mysql",
+        marks=pytest.mark.skipif(
+            "mysql" not in settings.DATABASES, reason="no MySQL/MariaDB server answered"
+        ),
+    ),
+]
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+if "mysql" not in settings.DATABASES:
+    pytestmark = pytest.mark.django_db(transaction=True, databases=["default"])
+
+
+def session_id(alias: str) -> int:
+    sql = "SELECT pg_backend_pid()" if alias == "default" else "SELECT CONNECTION_ID()"
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql)
+        return int(cursor.fetchone()[0])
+
+
+def end_request(alias: str) -> None:
+    """What Django does at the end of a request (CONN_MAX_AGE=0: close)."""
+    connections[alias].close_if_unusable_or_obsolete()
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_the_orm_works_unchanged(alias):
+    items = Item.objects.using(alias)
+    items.create(name="a", quantity=1)
+    items.bulk_create([Item(name=f"b{i}", quantity=i) for i in range(50)])
+    items.filter(name__startswith="b").update(quantity=7)
+    assert items.filter(quantity=7).count() == 50
+
+    with transaction.atomic(using=alias):
+        items.create(name="kept")
+        try:
+            with transaction.atomic(using=alias):  # a savepoint
+                items.create(name="rolled back")
+                raise RuntimeError
+        except RuntimeError:
+            pass
+        locked = items.select_for_update().get(name="kept")
+        locked.quantity = 3
+        locked.save()
+    assert items.filter(name="rolled back").count() == 0
+    assert items.get(name="kept").quantity == 3
+
+    # .iterator() uses a server-side cursor on PostgreSQL, streamed chunk by chunk.
+    names = [item.name for item in items.order_by("id").iterator(chunk_size=7)]
+    assert len(names) == 52 and names[0] == "a"
+    to_update = list(items.filter(name__startswith="b"))
+    for item in to_update:
+        item.quantity = 9
+    items.bulk_update(to_update, ["quantity"])
+    assert items.filter(quantity=9).count() == 50
+    assert get_pool(alias) is not None
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_connection_goes_back_to_the_pool_at_the_end_of_a_request(alias):
+    Item.objects.using(alias).count()
+    pool = get_pool(alias)
+    assert pool.get_stats()["pool_in_use"] == 1
+    end_request(alias)
+    assert connections[alias].connection is None
+    assert pool.get_stats()["pool_in_use"] == 0
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_connection_comes_back_clean(alias):
+    transaction.set_autocommit(False, using=alias)
+    Item.objects.using(alias).create(name="uncommitted")
+    connections[alias].close()  # mid-transaction, autocommit off
+    assert connections[alias].get_autocommit() is True  # a new checkout
+    assert not Item.objects.using(alias).filter(name="uncommitted").exists()
+    assert get_pool(alias).get_stats()["returns_bad"] == 0
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_broken_connection_is_discarded(alias):
+    victim = session_id(alias)
+    kill = "SELECT pg_terminate_backend(%s)" if alias == "default" else "KILL %s"
+    other = connections.create_connection(alias)  # its own pooled checkout
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(kill, [victim])
+    finally:
+        other.close()
+    with pytest.raises(Exception):  # noqa: B017 - the driver's own error, wrapped by Django
+        Item.objects.using(alias).count()
+    assert connections[alias].errors_occurred
+    end_request(alias)
+    assert session_id(alias) != victim
+    assert get_pool(alias).get_stats()["connections_lost"] >= 1
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_connection_setup_runs_once_per_physical_connection(alias, monkeypatch):
+    django_class = type(connections[alias]).__mro__[2]  # pooled -> mixin -> Django's
+    calls: list[int] = []
+    original = django_class.init_connection_state
+
+    def counting(self: Any) -> None:
+        calls.append(1)
+        original(self)
+
+    monkeypatch.setattr(django_class, "init_connection_state", counting)
+    close_pools()
+    for _ in range(30):
+        Item.objects.using(alias).count()
+        end_request(alias)
+    assert len(calls) == get_pool(alias).get_stats()["connections_num"]
+    assert len(calls) <= 4
+
+
+def test_connection_created_fires_on_each_checkout():
+    received: list[Any] = []
+
+    def handler(sender: Any, connection: Any, **kwargs: Any) -> None:
+        received.append(connection)
+
+    connection_created.connect(handler)
+    try:
+        for _ in range(3):
+            Item.objects.count()
+            end_request("default")
+    finally:
+        connection_created.disconnect(handler)
+    assert received == [connections["default"]] * 3
+
+
+def test_one_pool_per_alias_made_once_when_many_threads_start_together():
+    close_pools()
+    barrier = threading.Barrier(16)
+    pools: list[Any] = []
+
+    @returns_connections
+    def work() -> None:
+        barrier.wait()
+        Item.objects.count()
+        pools.append(get_pool("default"))
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(pools) == 16 and len({id(pool) for pool in pools}) == 1
+    stats = pools[0].get_stats()
+    assert stats["connections_num"] <= stats["pool_max"]
+    assert stats["pool_in_use"] == 0
+
+
+def test_thread_pool_executor_returns_each_tasks_connections():
+    def task(i: int) -> int:
+        return Item.objects.filter(quantity=i).count()
+
+    with PooledThreadPoolExecutor(max_workers=4) as executor:
+        assert list(executor.map(task, range(40))) == [0] * 40
+        stats = get_pool("default").get_stats()
+        assert stats["pool_in_use"] == 0  # the workers are alive, their connections back
+    assert stats["connections_num"] <= stats["pool_max"]
+
+
+def test_close_pools_closes_every_pool():
+    Item.objects.count()
+    pool = get_pool("default")
+    end_request("default")
+    close_pools()
+    assert pool.closed and get_pool("default") is None
+    assert Item.objects.count() == 0  # and the next query makes a new one
+    assert get_pool("default") is not pool
+
+
+def test_without_pool_option_the_backend_is_djangos():
+    wrapper = connections.create_connection("default")
+    wrapper.settings_dict = {**wrapper.settings_dict}
+    unpooled = type(wrapper)({**wrapper.settings_dict, "OPTIONS": {}}, "default")
+    try:
+        assert unpooled.pool_arguments is None
+        with unpooled.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            first = cursor.fetchone()[0]
+        unpooled.close()
+        with unpooled.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] != first  # really closed, really reopened
+    finally:
+        unpooled.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"OPTIONS": {"pool": {"min_sise": 2}}}, "unknown key 'min_sise'; valid keys: check,"),
+        (
+            {"OPTIONS": {"pool": {"min_size": 5, "max_size": 2}}},
+            "max_size .2. must be >= min_size",
+        ),
+        ({"OPTIONS": {"pool": {"timeout": "30"}}}, "timeout must be a number"),
+        ({"OPTIONS": {"pool": {"kwargs": {}}}}, "'kwargs' is not supported"),
+        ({"OPTIONS": {"pool": "yes"}}, "must be True or a dict"),
+        ({"OPTIONS": {"pool": {"reset": "no.such.function"}}}, "'reset' could not be imported"),
+        ({"CONN_MAX_AGE": 60}, r"\['CONN_MAX_AGE'\] must be 0 with pooling, got 60"),
+    ],
+)
+def test_bad_configuration_names_the_key(changes, message):
+    base = {**settings.DATABASES["default"], "OPTIONS": {"pool": True}}
+    settings_dict = {**connections["default"].settings_dict, **base, **changes}
+    wrapper_class = load_backend("django_pool.backends.postgresql").DatabaseWrapper
+    with pytest.raises(ImproperlyConfigured, match=message) as info:
+        wrapper_class(settings_dict, "default")
+    assert "DATABASES['default']" in str(info.value)
