@@ -6,7 +6,8 @@ is a whole backend. The mixin changes four steps of Django's connection life:
 * ``__init__``: ``OPTIONS["pool"]`` is read and checked here, then removed from
   the wrapper's copy of the settings, so Django's own code (including its
   built-in pool, and psycopg2's "pooling requires psycopg 3") never sees it;
-* ``get_new_connection``: borrow from the process's pool for this database;
+* ``get_connection_params`` / ``get_new_connection``: borrow from the
+  process's pool for this database (no parameters to build);
 * ``init_connection_state``: skipped on a borrowed connection, which was set up
   (time zone, role, isolation level, ``init_command``...) when it was opened;
 * ``_close``: give the connection back instead of closing it.
@@ -46,6 +47,13 @@ class PooledWrapperMixin:
                 "OPTIONS": {k: v for k, v in options.items() if k != "pool"},
             }
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
+
+    def get_connection_params(self) -> dict[str, Any]:
+        if self.pool_arguments is None:
+            return super().get_connection_params()  # type: ignore[misc, no-any-return]
+        # Borrowing needs no parameters: the pool's connections are made by an
+        # unpooled wrapper with Django's own (see pools.entry_for).
+        return {}
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.pool_arguments is None:

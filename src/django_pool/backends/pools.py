@@ -25,9 +25,10 @@ from ..pool import Pool
 if TYPE_CHECKING:
     from .base import PooledWrapperMixin
 
-# Attributes Django's backends set on the wrapper while connecting (PostgreSQL:
-# the isolation level it found or was told). A checkout skips that work, so
-# the values seen when the pool's connections were made are copied over.
+# Attributes Django's backends set on the wrapper while connecting (the
+# isolation level: PostgreSQL's get_new_connection, MySQL's
+# get_connection_params). A checkout skips that work, so the values seen when
+# the pool's connections were made are copied over.
 WRAPPER_STATE = ("isolation_level",)
 
 
@@ -51,7 +52,7 @@ def connection_key(settings_dict: Mapping[str, Any]) -> tuple[Any, ...]:
         settings_dict["HOST"],
         settings_dict["PORT"],
         settings_dict["TIME_ZONE"],
-        repr(settings_dict["OPTIONS"]),
+        settings_dict["OPTIONS"],  # compared with ==, never hashed
     )
 
 
