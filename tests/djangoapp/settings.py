@@ -2,11 +2,14 @@
 
 ``DJANGO_POOL_TEST_PG_DRIVER=psycopg2`` hides psycopg 3, so that Django's
 PostgreSQL backend picks psycopg2 (it prefers psycopg 3 when both import).
-The ``mysql`` alias exists only when a MySQL/MariaDB server answers.
+The ``mysql`` alias exists only when a MySQL/MariaDB server answers; the
+``gis`` alias (PostGIS) only when GDAL and GEOS load and the server offers the
+postgis extension (``GIS_UNAVAILABLE`` says why not).
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import sys
 
@@ -18,6 +21,19 @@ if os.environ.get("DJANGO_POOL_TEST_PG_DRIVER") == "psycopg2":
 _pg = testservers.postgres_server()
 _mysql = testservers.mysql_server()
 
+
+def _gis_unavailable() -> str | None:
+    missing = [lib for lib in ("gdal", "geos_c") if not ctypes.util.find_library(lib)]
+    if missing:
+        return f"libraries not found: {', '.join(missing)} (Debian: libgdal32 libgeos-c1v5)"
+    rows = _pg.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'")
+    if not rows:
+        return "the PostgreSQL server has no postgis extension (Debian: postgresql-N-postgis-3)"
+    return None
+
+
+GIS_UNAVAILABLE = _gis_unavailable()
+
 SECRET_KEY = "django-pool-tests"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
@@ -27,6 +43,7 @@ ROOT_URLCONF = "tests.djangoapp.urls"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "tests.djangoapp"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 MIDDLEWARE: list[str] = []
+DATABASE_ROUTERS = ["tests.djangoapp.routers.GisRouter"]
 
 POOL = {"min_size": 1, "max_size": 4, "timeout": 10}
 
@@ -41,6 +58,13 @@ DATABASES = {
         "OPTIONS": {"pool": POOL},
     },
 }
+if GIS_UNAVAILABLE is None:
+    INSTALLED_APPS += ["django.contrib.gis", "tests.gisapp"]
+    DATABASES["gis"] = {
+        **DATABASES["default"],
+        "ENGINE": "django_pool.backends.postgis",
+        "NAME": "django_pool_gis",
+    }
 if _mysql is not None:
     DATABASES["mysql"] = {
         "ENGINE": "django_pool.backends.mysql",
