@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -90,8 +91,13 @@ class ServerUnavailable(RuntimeError):
 # --------------------------------------------------------------------------- #
 
 
+@functools.cache
 def _import_psycopg() -> ModuleType:
-    """Import psycopg 3 on first use, with an error that says what to install."""
+    """Import psycopg 3 on first use, with an error that says what to install.
+
+    Cached, so that a process which later hides psycopg from Django (to test
+    Django on psycopg2) can still reach its servers.
+    """
     try:
         return importlib.import_module("psycopg")
     except ImportError as exc:

@@ -15,9 +15,6 @@ import sys
 
 from django_pool import testservers
 
-if os.environ.get("DJANGO_POOL_TEST_PG_DRIVER") == "psycopg2":
-    sys.modules["psycopg"] = None  # type: ignore[assignment]
-
 _pg = testservers.postgres_server()
 _mysql = testservers.mysql_server()
 
@@ -75,3 +72,7 @@ if _mysql is not None:
         "PORT": _mysql.port,
         "OPTIONS": {"pool": POOL},
     }
+
+if os.environ.get("DJANGO_POOL_TEST_PG_DRIVER") == "psycopg2":
+    # Last, once the servers were found (testservers keeps its own psycopg).
+    sys.modules["psycopg"] = None  # type: ignore[assignment]
