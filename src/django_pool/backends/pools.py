@@ -5,7 +5,8 @@ options...). When the test runner renames the database to ``test_...``, or an
 override changes the settings, the old pool is closed and a new one is made:
 a pool made for the real database can never serve the tests' queries.
 
-Pools close at interpreter exit, or through :func:`close_pools`. After
+Pools close at interpreter exit (after the exiting thread's connections are
+returned), or through :func:`close_pools`. After
 ``os.fork()`` the child's Django connections that were lent by a pool are
 forgotten (the engine has already detached their sockets), so the next query
 in the child takes a fresh connection from the child's own pool.
@@ -128,6 +129,22 @@ def close_pools(alias: str | None = None, timeout: float = 5.0) -> None:
         entry.pool.close(timeout=timeout)
 
 
+def _close_at_exit() -> None:
+    """Return the exiting thread's Django connections, then close every pool.
+
+    Without the first step the connection a script or management command still
+    holds would only die with the socket (MySQL logs "Aborted connection").
+    Other threads' connections are left alone: they may still be in use.
+    """
+    from django.conf import settings
+
+    if settings.configured:
+        from django.db import connections
+
+        connections.close_all()
+    close_pools()
+
+
 def _forget_inherited_connections() -> None:
     """In a forked child: drop the pooled connections the forking thread held."""
     from django.db import connections
@@ -138,5 +155,5 @@ def _forget_inherited_connections() -> None:
             forget()
 
 
-atexit.register(close_pools)
+atexit.register(_close_at_exit)
 os.register_at_fork(after_in_child=_forget_inherited_connections)
