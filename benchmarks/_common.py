@@ -403,3 +403,32 @@ def join_threads(threads: Sequence[threading.Thread], timeout: float) -> list[st
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return [t.name for t in threads if t.is_alive()]
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (the report itself goes to stdout)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def package_versions(dists: Iterable[str]) -> dict[str, str]:
+    """Installed version of each distribution, or ``"missing"``."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in dists:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "missing"
+    return versions
+
+
+def format_targets(title: str, targets: Sequence[dict[str, str]]) -> str:
+    """One ``STATUS  target  detail`` line per target, under ``title``."""
+    width = max((len(t["target"]) for t in targets), default=0)
+    lines = [title]
+    lines += [f"{t['status']:4}  {t['target'].ljust(width)}  {t['detail']}" for t in targets]
+    return "\n".join(lines)
