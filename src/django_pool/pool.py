@@ -163,8 +163,13 @@ class Pool:
         self._configure = configure
         self._reset = reset
         self._secrets = tuple(secrets)
-        # "Never validate" is a window so long that nothing falls outside it.
-        self._validate_window = math.inf if validate_after is None else validate_after
+        # "Never validate" is a window so long that nothing falls outside it;
+        # "always" one that nothing falls inside, even a connection returned
+        # after this request started.
+        if validate_after is None:
+            self._validate_window = math.inf
+        else:
+            self._validate_window = validate_after or -math.inf
 
         self._init_state()
         fork.register(self)
