@@ -235,3 +235,35 @@ def test_bad_configuration_names_the_key(changes, message):
     with pytest.raises(ImproperlyConfigured, match=message) as info:
         wrapper_class(settings_dict, "default")
     assert "DATABASES['default']" in str(info.value)
+
+
+def test_pooled_wraps_a_third_party_backend_subclass():
+    from django.db.backends.postgresql.base import DatabaseWrapper as DjangoWrapper
+
+    from django_pool.backends.base import pooled
+
+    class InstrumentedWrapper(DjangoWrapper):  # as django-prometheus and others do
+        cursors_made = 0
+
+        def create_cursor(self, name: str | None = None) -> Any:
+            type(self).cursors_made += 1
+            return super().create_cursor(name)
+
+    wrapper_class = pooled(InstrumentedWrapper)
+    settings_dict = {
+        **connections["default"].settings_dict,
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 2}},
+    }
+    wrapper = wrapper_class(settings_dict, "thirdparty")
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            assert cursor.fetchone()[0] == settings_dict["NAME"]
+        assert InstrumentedWrapper.cursors_made == 1  # its behaviour is kept
+        pool = get_pool("thirdparty")
+        assert pool is not None and pool.get_stats()["pool_in_use"] == 1  # and it is pooled
+        wrapper.close()
+        assert pool.get_stats()["pool_in_use"] == 0
+    finally:
+        wrapper.close()
+        close_pools("thirdparty")
