@@ -7,6 +7,7 @@ callables whatever the pool), leak checks, statistics and plain-text tables.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import threading
@@ -432,3 +433,19 @@ def format_targets(title: str, targets: Sequence[dict[str, str]]) -> str:
     lines = [title]
     lines += [f"{t['status']:4}  {t['target'].ljust(width)}  {t['detail']}" for t in targets]
     return "\n".join(lines)
+
+
+def finish(
+    results: dict[str, Any], targets: list[dict[str, str]], json_path: str | None, strict: bool
+) -> int:
+    """Write the JSON report if asked, and return the exit status (1 only with
+    ``strict`` when a target was not met)."""
+    results["targets"] = targets
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2, default=str)
+            fh.write("\n")
+        print(f"results written to {json_path}")
+    failed = any(t["status"] != "PASS" for t in targets)
+    return 1 if (strict and failed) else 0

@@ -64,6 +64,7 @@ from _common import (
     BENCH_DB,
     SessionMonitor,
     discover_server,
+    finish,
     fmt,
     fmt_ratio,
     format_table,
@@ -1055,7 +1056,6 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["load_average"] = [load_before[0], os.getloadavg()[0]]
 
     targets = evaluate(summary, skipped, failures)
-    results["targets"] = targets
     print()
     print(format_targets(f"Targets for {TARGET_MODE}", targets))
     print(
@@ -1063,15 +1063,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}"
     )
 
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2, default=str)
-            fh.write("\n")
-        print(f"results written to {args.json}")
-
-    failed = any(t["status"] != "PASS" for t in targets)
-    return 1 if (args.strict and failed) else 0
+    return finish(results, targets, args.json, args.strict)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -33,7 +32,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -48,6 +46,7 @@ from _common import (
     build,
     close_and_check,
     discover_server,
+    finish,
     fmt,
     fmt_ratio,
     format_table,
@@ -708,7 +707,6 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["load_average"] = [load_before[0], os.getloadavg()[0]]
 
     targets = evaluate(results, pool_class is not None)
-    results["targets"] = targets
     print_targets(targets)
     print(
         f"\nfinished in {results['meta']['seconds']:.0f} s; load average "
@@ -716,15 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(leftover) if leftover else 'none'}"
     )
 
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(results, fh, indent=2, default=str)
-            fh.write("\n")
-        print(f"results written to {args.json}")
-
-    failed = any(t["status"] != "PASS" for t in targets)
-    return 1 if (args.strict and failed) else 0
+    return finish(results, targets, args.json, args.strict)
 
 
 if __name__ == "__main__":
