@@ -7,6 +7,7 @@ creation and migrations run through the pooled backends too.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -267,3 +268,41 @@ def test_pooled_wraps_a_third_party_backend_subclass():
     finally:
         wrapper.close()
         close_pools("thirdparty")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"CONN_HEALTH_CHECKS": True}, id="CONN_HEALTH_CHECKS"),
+        pytest.param({"OPTIONS": {"pool": {"check": True}}}, id="check-key"),
+    ],
+)
+def test_health_checks_ping_every_checkout(changes):
+    settings_dict = {
+        **connections["default"].settings_dict,
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 1}},
+        **changes,
+    }
+    wrapper_class = load_backend("django_pool.backends.postgresql").DatabaseWrapper
+    alias = "healthchecked"
+    wrapper = wrapper_class(settings_dict, alias)
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            victim = cursor.fetchone()[0]
+        wrapper.close()
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [victim])
+            for _ in range(500):  # it only signals: wait until the backend is gone
+                cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [victim])
+                if not cursor.fetchall():
+                    break
+                time.sleep(0.01)
+        # Used a moment ago, so only a per-checkout ping can catch it.
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] != victim
+        assert get_pool(alias).get_stats()["connections_lost"] == 1
+    finally:
+        wrapper.close()
+        close_pools(alias)
