@@ -274,7 +274,9 @@ def test_pooled_wraps_a_third_party_backend_subclass():
     "changes",
     [
         pytest.param({"CONN_HEALTH_CHECKS": True}, id="CONN_HEALTH_CHECKS"),
-        pytest.param({"OPTIONS": {"pool": {"check": True}}}, id="check-key"),
+        pytest.param(
+            {"OPTIONS": {"pool": {"min_size": 1, "max_size": 1, "check": True}}}, id="check-key"
+        ),
     ],
 )
 def test_health_checks_ping_every_checkout(changes):
