@@ -1,0 +1,34 @@
+"""``django-pool`` / ``python -m django_pool``: the package's commands.
+
+There is one, ``demo``; a subcommand keeps room for more without changing how
+this one is called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="django-pool", description="django-pool: connection pooling for Django."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="serve a small Django app with and without pooling and compare",
+        description="Serve a small Django app under gunicorn and uvicorn with each way of "
+        "handling database connections (no pooling, persistent connections, Django's "
+        "built-in pool, django-db-connection-pool, django-pool), load it over HTTP, and "
+        "report requests/s, latency, errors and the connections the database server saw.",
+    )
+    from django_pool.demo import cli
+
+    cli.add_arguments(demo)
+    args = parser.parse_args(argv)
+    return cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

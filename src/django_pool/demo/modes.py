@@ -1,0 +1,117 @@
+"""The ways of handling database connections that the demo compares.
+
+Each mode is one ``DATABASES["default"]`` for the demo project; nothing else
+differs between them. Every pooled mode gets the same pool size per server
+process, so the comparison is of how the pools behave, not of how big they are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .database import DatabaseURL
+
+#: Every mode, in report order.
+MODES = ("no_pool", "persistent", "django_builtin", "dj_db_conn_pool", "django_pool")
+
+#: What the orchestrator tells the demo project's settings, through the environment.
+ENV_MODE = "DJANGO_POOL_DEMO_MODE"
+ENV_DATABASE = "DJANGO_POOL_DEMO_DATABASE"
+ENV_POOL = "DJANGO_POOL_DEMO_POOL"
+ENV_APPLICATION_NAME = "DJANGO_POOL_DEMO_APPLICATION_NAME"
+
+LABELS = {
+    "no_pool": "no pooling (CONN_MAX_AGE=0)",
+    "persistent": "persistent (CONN_MAX_AGE=None)",
+    "django_builtin": "Django's built-in pool",
+    "dj_db_conn_pool": "django-db-connection-pool",
+    "django_pool": "django-pool",
+}
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    """Connections each server process's pool keeps (``min_size``) and may open."""
+
+    min_size: int
+    max_size: int
+
+    def __str__(self) -> str:
+        return f"min {self.min_size}, max {self.max_size}"
+
+
+def skip_reason(mode: str, db: DatabaseURL) -> str | None:
+    """Why ``mode`` cannot run here, or None when it can."""
+    if mode == "django_builtin":
+        import django
+
+        if db.vendor != "postgresql":
+            return "Django's built-in pool is for PostgreSQL only"
+        if django.VERSION < (5, 1):
+            return f"needs Django 5.1 or later (this is Django {django.get_version()})"
+        if not all(importlib.util.find_spec(name) for name in ("psycopg", "psycopg_pool")):
+            return "needs psycopg 3 and psycopg-pool (pip install 'psycopg[binary]' psycopg-pool)"
+    if mode == "dj_db_conn_pool" and importlib.util.find_spec("dj_db_conn_pool") is None:
+        return "not installed (pip install django-db-connection-pool)"
+    return None
+
+
+def database_settings(
+    mode: str, db: DatabaseURL, pool: PoolSize, application_name: str
+) -> dict[str, Any]:
+    """``DATABASES["default"]`` for ``mode``.
+
+    On PostgreSQL every connection carries ``application_name``, which is how
+    the monitor tells the demo's sessions from anyone else's.
+    """
+    settings: dict[str, Any] = {
+        "ENGINE": f"django.db.backends.{db.vendor}",
+        "NAME": db.name,
+        "USER": db.user,
+        "PASSWORD": db.password,
+        "HOST": db.host,
+        "PORT": str(db.port),
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"application_name": application_name} if db.vendor == "postgresql" else {},
+    }
+    sizes = {"min_size": pool.min_size, "max_size": pool.max_size}
+    if mode == "persistent":
+        settings["CONN_MAX_AGE"] = None
+    elif mode == "django_builtin":
+        settings["OPTIONS"]["pool"] = sizes
+    elif mode == "dj_db_conn_pool":
+        # SQLAlchemy's QueuePool has no minimum: it opens up to POOL_SIZE on demand.
+        settings["ENGINE"] = f"dj_db_conn_pool.backends.{db.vendor}"
+        settings["POOL_OPTIONS"] = {"POOL_SIZE": pool.max_size, "MAX_OVERFLOW": 0}
+    elif mode == "django_pool":
+        settings["ENGINE"] = f"django_pool.backends.{db.vendor}"
+        settings["OPTIONS"]["pool"] = sizes
+    elif mode != "no_pool":
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    return settings
+
+
+def environment(
+    mode: str, db: DatabaseURL, pool: PoolSize, application_name: str
+) -> dict[str, str]:
+    """The variables from which the demo project's settings build ``DATABASES``."""
+    return {
+        ENV_MODE: mode,
+        ENV_DATABASE: db.url(),
+        ENV_POOL: f"{pool.min_size},{pool.max_size}",
+        ENV_APPLICATION_NAME: application_name,
+    }
+
+
+def settings_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``DATABASES["default"]`` from the variables :func:`environment` set."""
+    min_size, max_size = (int(part) for part in environ[ENV_POOL].split(","))
+    return database_settings(
+        environ[ENV_MODE],
+        DatabaseURL.parse(environ[ENV_DATABASE]),
+        PoolSize(min_size, max_size),
+        environ[ENV_APPLICATION_NAME],
+    )
