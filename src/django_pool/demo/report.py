@@ -130,13 +130,16 @@ def table(report: Report) -> str:
         + " |"
     )
     lines = [line(header), rule, *(line(row) for row in rows)]
-    not_run = [run for run in report.runs if run.status != "ran"]
+    # A mode left out of every server for the same reason is said once.
+    not_run: dict[tuple[str, str, str | None], list[str]] = {}
+    for run in report.runs:
+        if run.status != "ran":
+            not_run.setdefault((run.mode, run.status, run.reason), []).append(run.server)
     if not_run:
         lines.append("")
-        lines += [
-            f"- {LABELS[run.mode]} under {run.server}: {run.status}, {run.reason}"
-            for run in not_run
-        ]
+    for (mode, status, reason), servers in not_run.items():
+        where = "" if set(servers) == set(report.servers) else f" under {', '.join(servers)}"
+        lines.append(f"- {LABELS[mode]}{where}: {status}, {reason}")
     return "\n".join(lines)
 
 
@@ -178,7 +181,8 @@ def write_chart(report: Report, path: Path, title: str) -> None:
                 if height is not None:
                     xs.append(g + (i - (len(modes) - 1) / 2) * width)
                     heights.append(height)
-            ax.bar(xs, heights, width, label=LABELS[mode], color=_COLORS[mode])
+            bars = ax.bar(xs, heights, width, label=LABELS[mode], color=_COLORS[mode])
+            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
         ax.set_title(name, fontsize=11)
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{server}\n{conc} clients" for server, conc in groups])
