@@ -102,6 +102,38 @@ def test_connection_comes_back_clean(alias):
 
 
 @pytest.mark.parametrize("alias", ALIASES)
+def test_autocommit_left_off_is_restored_on_the_same_session(alias):
+    # A checkout trusts the connection's autocommit mode without setting it, so
+    # the return must restore it at the driver, not only in Django's wrapper.
+    before = session_id(alias)
+    transaction.set_autocommit(False, using=alias)
+    Item.objects.using(alias).create(name="uncommitted")
+    end_request(alias)
+    assert session_id(alias) == before  # reused, not replaced
+    Item.objects.using(alias).create(name="autocommitted")
+    other = connections.create_connection(alias)
+    try:
+        with other.cursor() as cursor:  # another session sees only committed rows
+            cursor.execute("SELECT name FROM djangoapp_item")
+            assert [row[0] for row in cursor.fetchall()] == ["autocommitted"]
+    finally:
+        other.close()
+    assert get_pool(alias).get_stats()["connections_num"] <= 2
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_closed_inside_atomic_rolls_back_and_next_checkout_is_clean(alias):
+    with transaction.atomic(using=alias):
+        Item.objects.using(alias).create(name="lost")
+        connections[alias].close()
+    assert get_pool(alias).get_stats()["pool_in_use"] == 0
+    assert not Item.objects.using(alias).filter(name="lost").exists()
+    assert connections[alias].get_autocommit() is True
+    end_request(alias)  # Django's per-connection state was reset at checkout
+    assert get_pool(alias).get_stats()["pool_in_use"] == 0
+
+
+@pytest.mark.parametrize("alias", ALIASES)
 def test_broken_connection_is_discarded(alias):
     victim = session_id(alias)
     kill = "SELECT pg_terminate_backend(%s)" if alias == "default" else "KILL %s"

@@ -1,16 +1,19 @@
 """What every pooled backend adds to Django's own wrapper: one mixin.
 
 ``DatabaseWrapper = pooled(django.db.backends.postgresql.base.DatabaseWrapper)``
-is a whole backend. The mixin changes four steps of Django's connection life:
+is a whole backend. The mixin changes these steps of Django's connection life:
 
 * ``__init__``: ``OPTIONS["pool"]`` is read and checked here, then removed from
   the wrapper's copy of the settings, so Django's own code (including its
   built-in pool, and psycopg2's "pooling requires psycopg 3") never sees it;
-* ``get_connection_params`` / ``get_new_connection``: borrow from the
-  process's pool for this database (no parameters to build);
-* ``init_connection_state``: skipped on a borrowed connection, which was set up
-  (time zone, role, isolation level, ``init_command``...) when it was opened;
-* ``_close``: give the connection back instead of closing it.
+* ``connect``: borrow from the process's pool for this database. Only the
+  wrapper's own state is reset: the connection was set up (autocommit, time
+  zone, role, isolation level, ``init_command``...) once, when it was opened,
+  and goes back to the pool only in that state, so a checkout costs no more
+  than a persistent connection's reuse;
+* ``close_if_unusable_or_obsolete`` / ``_close``: at the end of every request
+  give the connection back instead of closing it, after restoring the
+  configured autocommit, or close it when it is broken.
 
 Without ``OPTIONS["pool"]`` every step is Django's own.
 """
@@ -18,7 +21,11 @@ Without ``OPTIONS["pool"]`` every step is Django's own.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
+
+from django.db.backends.signals import connection_created
+from django.utils.asyncio import async_unsafe
 
 from . import pools
 from .options import pool_arguments
@@ -35,8 +42,10 @@ class PooledWrapperMixin:
     settings_dict: dict[str, Any]
     alias: str
     connection: Any
+    autocommit: bool
     errors_occurred: bool
     health_check_done: bool
+    run_commit_hooks_on_set_autocommit_on: bool
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = "default") -> None:
         options = settings_dict.get("OPTIONS") or {}
@@ -55,6 +64,29 @@ class PooledWrapperMixin:
         # unpooled wrapper with Django's own (see pools.entry_for).
         return {}
 
+    @async_unsafe  # type: ignore[untyped-decorator]
+    def connect(self) -> None:
+        if self.pool_arguments is None or self.run_commit_hooks_on_set_autocommit_on:
+            # Unpooled, or commit hooks that Django's set_autocommit() must run.
+            return super().connect()  # type: ignore[misc, no-any-return]
+        # Django's connect(), less the steps a pooled connection had done once
+        # when it was opened: connection parameters, set_autocommit() and
+        # init_connection_state(). The same in Django 4.2 to 6.1.
+        self.check_settings()  # type: ignore[attr-defined]
+        self.in_atomic_block = False
+        self.savepoint_ids: list[str] = []
+        self.atomic_blocks: list[Any] = []
+        self.needs_rollback = False
+        self.health_check_enabled = self.settings_dict["CONN_HEALTH_CHECKS"]
+        self.close_at = time.monotonic()  # CONN_MAX_AGE is 0 with pooling
+        self.closed_in_transaction = False
+        self.errors_occurred = False
+        self.connection = self.get_new_connection({})
+        self.autocommit = self.settings_dict["AUTOCOMMIT"]
+        connection_created.send(sender=self.__class__, connection=self)
+        self.run_on_commit: list[Any] = []
+        return None
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.pool_arguments is None:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
@@ -70,27 +102,46 @@ class PooledWrapperMixin:
         if self._pool_entry is None:
             super().init_connection_state()  # type: ignore[misc]
 
+    def close_if_unusable_or_obsolete(self) -> None:
+        if self._pool_entry is None:
+            return super().close_if_unusable_or_obsolete()  # type: ignore[misc, no-any-return]
+        # CONN_MAX_AGE is 0, so Django would close it whatever its state;
+        # _close() sorts good connections from broken ones.
+        self.close()  # type: ignore[attr-defined]
+        return None
+
     def _close(self) -> None:
         entry = self._pool_entry
         if entry is None:
             return super()._close()  # type: ignore[misc, no-any-return]
-        conn, self.connection, self._pool_entry = self.connection, None, None
+        conn, self._pool_entry = self.connection, None
         if conn is None:
             return None
-        if self.errors_occurred and not self._usable(conn):
+        if not self._restore_for_reuse():
             # Broken: close it, and the pool discards and replaces it.
             with contextlib.suppress(Exception):
                 conn.close()
+        self.connection = None
         with self.wrap_database_errors:  # type: ignore[attr-defined]
             entry.pool.putconn(conn)
         return None
 
-    def _usable(self, conn: Any) -> bool:
-        self.connection = conn
+    def _restore_for_reuse(self) -> bool:
+        """Put the borrowed connection back in the state the pool lends, if it can be.
+
+        The next checkout trusts its autocommit mode, so a connection left in
+        another one (``set_autocommit(False)``, or closed inside ``atomic``)
+        has its transaction rolled back (MySQL would commit it when autocommit
+        is switched on) and the mode restored.
+        """
         try:
-            return bool(self.is_usable())  # type: ignore[attr-defined]
-        finally:
-            self.connection = None
+            wanted = self.settings_dict["AUTOCOMMIT"]
+            if self.autocommit != wanted:
+                self.connection.rollback()
+                self._set_autocommit(wanted)  # type: ignore[attr-defined]
+            return not self.errors_occurred or bool(self.is_usable())  # type: ignore[attr-defined]
+        except Exception:
+            return False
 
     def forget_pooled_connection(self) -> None:
         """Drop a borrowed connection without returning it (after fork, in the child)."""
