@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seconds",
-        type=float,
+        type=_positive,
         metavar="S",
         help="measured seconds per cell (default: 2; --quick: 0.5)",
     )
@@ -130,6 +130,16 @@ def _choices(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
         return tuple(part for part in allowed if part in chosen)  # in report order
 
     return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
 
 
 def _numbers(text: str) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ ENV_MODE = "DJANGO_POOL_DEMO_MODE"
 ENV_DATABASE = "DJANGO_POOL_DEMO_DATABASE"
 ENV_POOL = "DJANGO_POOL_DEMO_POOL"
 ENV_APPLICATION_NAME = "DJANGO_POOL_DEMO_APPLICATION_NAME"
+ENV = (ENV_MODE, ENV_DATABASE, ENV_POOL, ENV_APPLICATION_NAME)
 
 LABELS = {
     "no_pool": "no pooling (CONN_MAX_AGE=0)",
@@ -108,6 +109,12 @@ def environment(
 
 def settings_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """``DATABASES["default"]`` from the variables :func:`environment` set."""
+    missing = [name for name in ENV if name not in environ]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(missing)} not set: the demo project is served by `django-pool demo`, "
+            "which sets them (see django_pool.demo.project)"
+        )
     min_size, max_size = (int(part) for part in environ[ENV_POOL].split(","))
     return database_settings(
         environ[ENV_MODE],

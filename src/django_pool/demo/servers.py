@@ -10,6 +10,7 @@ subprocesses on a free 127.0.0.1 port.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import urllib.error
@@ -111,7 +112,7 @@ class Server:
         env = {
             **settings_env,
             "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
-            "PYTHONPATH": ":".join(python_path),
+            "PYTHONPATH": os.pathsep.join(python_path),
         }
         self.child = Child(
             f"{kind.key} ({log_name})",
