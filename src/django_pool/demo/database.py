@@ -155,8 +155,11 @@ def prepare(db: DatabaseURL) -> str:
             f"('item {i}', {i % CATEGORIES}, {(i * 37) % 1000 + 0.99})" for i in range(ROWS)
         )
         server.execute(f"INSERT INTO {TABLE} (name, category, price) VALUES {values}", db.name)
-    version = server.execute("SELECT version()", db.name)
-    return str(version[0][0]).split(" on ")[0] if version else "?"
+    rows = server.execute("SELECT version()", db.name)
+    version = str(rows[0][0]) if rows else "?"
+    if db.vendor == "postgresql":
+        return version.split(" on ")[0]  # "PostgreSQL 16.2 on x86_64-pc-linux-gnu, ..."
+    return version if "MariaDB" in version else f"MySQL {version}"
 
 
 @dataclass
