@@ -535,6 +535,7 @@ def test_putconn_rejects_foreign_and_double_returns(make_pool):
         ({"max_lifetime": 0}, "max_lifetime must be a number > 0"),
         ({"num_workers": 0}, "num_workers must be an integer >= 1"),
         ({"validate_after": -1}, "validate_after must be a number >= 0"),
+        ({"leak_threshold": 0}, "leak_threshold must be a number > 0"),
     ],
 )
 def test_bad_options_are_named(options, message):
@@ -571,3 +572,81 @@ def test_close_waits_for_connects_under_way_not_for_lent_connections(make_pool):
     assert [c for c in connector.open_connections if c is not held] == []
     pool.putconn(held)
     assert held.closed
+
+
+# Leak detection, histograms, deliberate discards ------------------------------------------------
+
+
+def take_and_hold(pool: Pool) -> Any:
+    """A named caller frame, so the leak report can be checked to point here."""
+    return pool.getconn()
+
+
+def test_a_connection_held_too_long_is_reported_with_its_taker(make_pool, caplog):
+    pool, _ = make_pool(min_size=1, leak_threshold=0.2)
+    pool.wait()
+    caplog.set_level("INFO", logger="django_pool")
+    conn = take_and_hold(pool)
+    wait_until(lambda: pool.get_stats()["leaks_detected"] == 1, timeout=3)
+    warnings = [r for r in caplog.records if "leak_threshold" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "take_and_hold" in warnings[0].getMessage()
+    assert "return pool.getconn()" in warnings[0].getMessage()  # the source line
+    time.sleep(0.3)
+    assert pool.get_stats()["leaks_detected"] == 1  # reported once per checkout
+    pool.putconn(conn)
+    assert any("came back" in r.getMessage() for r in caplog.records)
+
+
+def test_connections_returned_in_time_are_not_reported(make_pool, caplog):
+    pool, _ = make_pool(min_size=1, leak_threshold=0.3)
+    pool.wait()
+    caplog.set_level("WARNING", logger="django_pool")
+    for _ in range(20):
+        pool.putconn(pool.getconn())
+        time.sleep(0.02)
+    time.sleep(0.4)
+    assert pool.get_stats()["leaks_detected"] == 0
+    assert not caplog.records
+
+
+def test_leak_detection_is_off_by_default(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    assert pool._lent[id(conn)].taken_by is None
+    pool.putconn(conn)
+
+
+def test_histograms_count_waits_and_usage(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()  # no wait: an idle connection was there
+    results: list[Any] = []
+    waiter = start_getter(pool, results)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    time.sleep(0.06)
+    pool.putconn(conn)  # held about 60 ms; the waiter waited as long
+    waiter.join()
+    pool.putconn(results[0])
+    histograms = pool.get_histograms()
+    wait, usage = histograms["wait"], histograms["usage"]
+    assert wait.count == 2 and usage.count == 2
+    assert wait.counts[0] == 1  # the immediate one, in the smallest bucket
+    slow = [b for b, n in zip(wait.bounds, wait.counts, strict=False) if n][-1]
+    assert slow >= 0.05 and wait.total >= 0.05
+    assert usage.total >= 0.05
+    pool.pop_stats()
+    assert pool.get_histograms()["usage"].count == 2  # never reset
+
+
+def test_discarded_connection_is_replaced_without_counting_as_bad(make_pool):
+    pool, _ = make_pool(min_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    pool.putconn(conn, discard=True)
+    assert conn.closed
+    wait_until(lambda: pool.get_stats()["pool_available"] == 1)
+    stats = pool.get_stats()
+    assert stats["returns_bad"] == 0 and stats["connections_lost"] == 0
+    assert pool.getconn() is not conn

@@ -28,16 +28,20 @@ import logging
 import math
 import os
 import random
+import sys
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from time import monotonic
+from types import CodeType
 from typing import Any
 
 from . import fork
 from .adapters import BROKEN, IDLE, Adapter, adapter_for
 from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
+from .histogram import Histogram, HistogramSnapshot
 from .redact import redact
 
 logger = logging.getLogger("django_pool")
@@ -57,7 +61,15 @@ _pool_numbers = iter(range(1, 1 << 62))
 class _Slot:
     """A connection plus what the pool remembers about it."""
 
-    __slots__ = ("conn", "expires_at", "generation", "last_ok", "lent_at")
+    __slots__ = (
+        "conn",
+        "expires_at",
+        "generation",
+        "last_ok",
+        "leak_reported",
+        "lent_at",
+        "taken_by",
+    )
 
     def __init__(self, conn: Any, now: float, expires_at: float, generation: int) -> None:
         self.conn = conn
@@ -67,6 +79,9 @@ class _Slot:
         # returned. While the slot is idle, that is also when it became idle.
         self.last_ok = now
         self.lent_at = now
+        # Leak detection: where the borrower took it, and whether it was reported.
+        self.taken_by: list[tuple[CodeType, int]] | None = None
+        self.leak_reported = False
 
 
 class _Waiter:
@@ -107,6 +122,10 @@ class Pool:
         as HikariCP: a connection used a moment ago costs no extra round trip).
     :param num_workers: connections that may be opened at the same time
         (default 3).
+    :param leak_threshold: a connection lent for longer than this many seconds
+        is logged as a probable leak, with the stack of the code that took it
+        (default None: off). When on, each checkout records its caller's
+        frames: about a microsecond.
     :param configure: called with each new connection before it is first lent.
     :param reset: called with each returned connection, after any rollback;
         if it raises, the connection is discarded.
@@ -129,6 +148,7 @@ class Pool:
         reconnect_timeout: float = 300.0,
         validate_after: float | None = 0.5,
         num_workers: int = 3,
+        leak_threshold: float | None = None,
         configure: Callable[[Any], None] | None = None,
         reset: Callable[[Any], None] | None = None,
         name: str | None = None,
@@ -145,6 +165,8 @@ class Pool:
             _check_number("validate_after", validate_after, minimum=0)
         _check_int("max_waiting", max_waiting, minimum=0)
         _check_int("num_workers", num_workers, minimum=1)
+        if leak_threshold is not None:
+            _check_number("leak_threshold", leak_threshold, minimum=0, strict=True)
         if not callable(connect):
             raise TypeError(f"connect must be a callable returning a connection, got {connect!r}")
 
@@ -158,6 +180,7 @@ class Pool:
         self.reconnect_timeout = reconnect_timeout
         self.validate_after = validate_after
         self.num_workers = num_workers
+        self.leak_threshold = leak_threshold
         self._connect = connect
         self._adapter = adapter
         self._configure = configure
@@ -208,6 +231,9 @@ class Pool:
         self._usage_avg = 0.0
         self._inherited: dict[int, Any] = {}
         self._pid = os.getpid()
+        # Never reset by pop_stats(): Prometheus expects them to only grow.
+        self._wait_histogram = Histogram()
+        self._usage_histogram = Histogram()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -221,6 +247,7 @@ class Pool:
         self._connections_time = 0.0
         self._connections_errors = 0
         self._connections_lost = 0
+        self._leaks_detected = 0
 
     def __repr__(self) -> str:
         driver = self._adapter.name if self._adapter else "?"
@@ -253,6 +280,7 @@ class Pool:
                     slot = self._idle.pop()
                     self._lent[id(slot.conn)] = slot
                     slot.lent_at = start
+                    self._wait_histogram.observe(0.0)
                     waiter = None
                 else:
                     waiter = self._enqueue_locked(start, requests)
@@ -263,6 +291,8 @@ class Pool:
             if now < slot.expires_at and slot.generation == self._generation:
                 last_ok = slot.last_ok
                 if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
+                    if self.leak_threshold is not None:
+                        _note_taker(slot)
                     return slot.conn
                 try:
                     self._adapter_of(slot.conn).ping(slot.conn)
@@ -275,6 +305,8 @@ class Pool:
                     self._drop_lent(slot, lost=True)
                 else:
                     slot.last_ok = monotonic()
+                    if self.leak_threshold is not None:
+                        _note_taker(slot)
                     return slot.conn
             else:
                 self._drop_lent(slot, lost=False)
@@ -332,33 +364,46 @@ class Pool:
         message = (
             f"couldn't get a connection from pool {self.name!r} after {waited:.2f} s: "
             f"{self._nconns} open (min_size={self.min_size}, max_size={self.max_size}), "
-            f"{len(self._lent)} in use, {len(self._waiters)} other requests waiting"
+            f"{len(self._lent)} in use, {len(self._waiters)} other requests waiting "
+            f"(timeout={self.timeout:g} s, max_waiting={self.max_waiting or 'unlimited'})"
         )
         if self._failures and self._last_error:
             message += f"; last connection error: {self._last_error}"
         return message
 
-    def putconn(self, conn: Any) -> None:
+    def putconn(self, conn: Any, discard: bool = False) -> None:
         """Give back a connection from :meth:`getconn`.
 
         An open transaction is rolled back and the ``reset`` hook runs; a broken
         connection, or one past its lifetime, is closed and replaced in the
         background. The connection then goes to the oldest waiting request, or
-        back on top of the idle stack.
+        back on top of the idle stack. ``discard=True`` closes and replaces a
+        good connection whose session cannot be cleaned (it is not counted as
+        bad or lost).
         """
         key = id(conn)
         slot = self._lent.get(key)
         if slot is None:
             self._put_unknown(conn)
             return
-        # Every lent connection was opened by a connector, which set the adapter.
-        state = self._adapter.state(conn)  # type: ignore[union-attr]
-        good = (state == IDLE and self._reset is None) or self._restore(conn, state)
+        if discard:
+            state, good = IDLE, False
+        else:
+            # Every lent connection was opened by a connector, which set the adapter.
+            state = self._adapter.state(conn)  # type: ignore[union-attr]
+            good = (state == IDLE and self._reset is None) or self._restore(conn, state)
         now = monotonic()
         with self._lock:
             del self._lent[key]
             usage = now - slot.lent_at
             self._usage += usage
+            self._usage_histogram.observe(usage)
+            if slot.leak_reported:
+                logger.info(
+                    "pool %r: a connection reported as leaked came back after %.1f s",
+                    self.name,
+                    usage,
+                )
             average = self._usage_avg
             self._usage_avg = average + _EWMA_WEIGHT * (usage - average) if average else usage
             if (
@@ -377,7 +422,7 @@ class Pool:
                         self._changed.notify_all()
                 return
             self._nconns -= 1
-            if not good:
+            if not good and not discard:
                 self._returns_bad += 1
                 self._connections_lost += 1
                 self._distrust_before = now
@@ -441,6 +486,7 @@ class Pool:
             self._lent[id(slot.conn)] = slot
             slot.lent_at = now
             self._requests_wait += now - waiter.since
+            self._wait_histogram.observe(now - waiter.since)
             waiter.slot = slot
             waiter.ready.release()
         else:
@@ -597,16 +643,30 @@ class Pool:
     # -- maintenance -------------------------------------------------------------------
 
     def _run_maintenance(self) -> None:
-        """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``."""
+        """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``.
+
+        Also reports connections lent for longer than ``leak_threshold``.
+        """
         while True:
             with self._lock:
                 if self._closed:
                     return
-                expired = self._take_expired_idle_locked(monotonic())
+                now = monotonic()
+                expired = self._take_expired_idle_locked(now)
                 spawn = self._connectors_to_start_locked()
+                leaks = self._take_leaks_locked(now) if self.leak_threshold is not None else []
             for slot in expired:
                 self._close_quietly(slot.conn)
             self._start_threads(spawn, False)
+            for held, stack in leaks:
+                logger.warning(
+                    "pool %r: a connection has been in use for %.1f s (leak_threshold=%g s); "
+                    "it was taken at:\n%s",
+                    self.name,
+                    held,
+                    self.leak_threshold,
+                    stack,
+                )
             with self._changed:
                 if self._closed:
                     return
@@ -635,12 +695,31 @@ class Pool:
             self._changed.notify_all()
         return expired
 
+    def _take_leaks_locked(self, now: float) -> list[tuple[float, str]]:
+        """Lent connections newly past ``leak_threshold``: (held seconds, stack)."""
+        threshold = self.leak_threshold
+        assert threshold is not None
+        leaks = []
+        for slot in self._lent.values():
+            if not slot.leak_reported and now - slot.lent_at >= threshold:
+                slot.leak_reported = True
+                leaks.append((now - slot.lent_at, _format_stack(slot.taken_by)))
+        self._leaks_detected += len(leaks)
+        return leaks
+
     def _next_maintenance_locked(self, now: float) -> float:
         wake_at = now + min(self.max_idle, 60.0)
         for slot in self._idle:
             wake_at = min(wake_at, slot.expires_at)
         if self._idle and self._nconns > self.min_size:
             wake_at = min(wake_at, self._idle[0].last_ok + self.max_idle)
+        threshold = self.leak_threshold
+        if threshold is not None:
+            # Connections lent later are seen within a quarter of the threshold.
+            wake_at = min(wake_at, now + threshold / 4)
+            for slot in self._lent.values():
+                if not slot.leak_reported:
+                    wake_at = min(wake_at, slot.lent_at + threshold)
         return wake_at
 
     # -- life cycle ------------------------------------------------------------------
@@ -796,6 +875,16 @@ class Pool:
             self._reset_counters()
             return stats
 
+    def get_histograms(self) -> dict[str, HistogramSnapshot]:
+        """Distributions of ``wait`` (until a connection is handed over) and
+        ``usage`` (until it is returned) times, in seconds, since the pool
+        started in this process. Unlike the counters they are never reset."""
+        with self._lock:
+            return {
+                "wait": self._wait_histogram.snapshot(),
+                "usage": self._usage_histogram.snapshot(),
+            }
+
     def _stats_locked(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
             "pool_min": self.min_size,
@@ -815,6 +904,7 @@ class Pool:
             "connections_ms": round(self._connections_time * 1000),
             "connections_errors": self._connections_errors,
             "connections_lost": self._connections_lost,
+            "leaks_detected": self._leaks_detected,
         }
         if self._last_error is not None:
             stats["last_connection_error"] = self._last_error
@@ -835,6 +925,28 @@ class Pool:
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
+
+
+def _note_taker(slot: _Slot) -> None:
+    """Record who is taking ``slot``: the frames above ``getconn``, as (code, line).
+
+    Cheaper than ``traceback.extract_stack()``, which reads source lines; those
+    are looked up only if a leak is reported.
+    """
+    frame = sys._getframe(2)
+    stack = []
+    while frame is not None:
+        stack.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back  # type: ignore[assignment]
+    slot.taken_by = stack
+    slot.leak_reported = False
+
+
+def _format_stack(stack: list[tuple[CodeType, int]] | None) -> str:
+    if not stack:
+        return "  (unknown)\n"
+    frames = [(code.co_filename, line, code.co_name, None) for code, line in reversed(stack)]
+    return "".join(traceback.StackSummary.from_list(frames).format())
 
 
 def _ewma(average: float, sample: float) -> float:
