@@ -234,7 +234,7 @@ def test_without_pool_option_the_backend_is_djangos():
     wrapper.settings_dict = {**wrapper.settings_dict}
     unpooled = type(wrapper)({**wrapper.settings_dict, "OPTIONS": {}}, "default")
     try:
-        assert unpooled.pool_arguments is None
+        assert unpooled.pool_options is None
         with unpooled.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             first = cursor.fetchone()[0]

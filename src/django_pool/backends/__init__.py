@@ -6,6 +6,6 @@ as Django's own backend chooses), ``django_pool.backends.postgis``,
 is switched on by ``OPTIONS["pool"]``, as for Django's built-in pool.
 """
 
-from .pools import close_pools, get_pool
+from .pools import active_pools, close_pools, get_pool, get_stats
 
-__all__ = ["close_pools", "get_pool"]
+__all__ = ["active_pools", "close_pools", "get_pool", "get_stats"]

@@ -28,14 +28,14 @@ from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
 from . import pools
-from .options import pool_arguments
+from .options import PoolOptions, pool_options
 
 
 class PooledWrapperMixin:
     """Mixed in before a Django ``DatabaseWrapper`` class (see :func:`pooled`)."""
 
-    #: Engine arguments from ``OPTIONS["pool"]``; None when pooling is off.
-    pool_arguments: dict[str, Any] | None
+    #: ``OPTIONS["pool"]``, checked; None when pooling is off.
+    pool_options: PoolOptions | None
     # The pool entry that lent the current connection (None: not borrowed).
     _pool_entry: pools.PoolEntry | None = None
 
@@ -49,7 +49,7 @@ class PooledWrapperMixin:
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = "default") -> None:
         options = settings_dict.get("OPTIONS") or {}
-        self.pool_arguments = pool_arguments(options.get("pool"), settings_dict, alias)
+        self.pool_options = pool_options(options.get("pool"), settings_dict, alias)
         if "pool" in options:
             settings_dict = {
                 **settings_dict,
@@ -58,7 +58,7 @@ class PooledWrapperMixin:
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
 
     def get_connection_params(self) -> dict[str, Any]:
-        if self.pool_arguments is None:
+        if self.pool_options is None:
             return super().get_connection_params()  # type: ignore[misc, no-any-return]
         # Borrowing needs no parameters: the pool's connections are made by an
         # unpooled wrapper with Django's own (see pools.entry_for).
@@ -66,7 +66,7 @@ class PooledWrapperMixin:
 
     @async_unsafe  # type: ignore[untyped-decorator]
     def connect(self) -> None:
-        if self.pool_arguments is None or self.run_commit_hooks_on_set_autocommit_on:
+        if self.pool_options is None or self.run_commit_hooks_on_set_autocommit_on:
             # Unpooled, or commit hooks that Django's set_autocommit() must run.
             return super().connect()  # type: ignore[misc, no-any-return]
         # Django's connect(), less the steps a pooled connection had done once
@@ -88,7 +88,7 @@ class PooledWrapperMixin:
         return None
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if self.pool_arguments is None:
+        if self.pool_options is None:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
         entry = pools.entry_for(self)
         conn = entry.pool.getconn()

@@ -4,11 +4,13 @@ The keys are Django's built-in pool's (psycopg_pool's) where they mean the same
 thing, so moving from it is an ENGINE change only; keys that only make sense
 for psycopg_pool's own implementation are accepted where they have a meaning
 here and refused, with the reason, where they do not. Nothing is ignored.
+``session_reset`` is the Django layer's own (see :mod:`django_pool.session`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -27,12 +29,16 @@ ENGINE_KEYS = (
     "reconnect_timeout",
     "validate_after",
     "num_workers",
+    "leak_threshold",
     "configure",
     "reset",
     "name",
 )
 # psycopg_pool keys with a meaning here.
 _CHECK = "check"  # a per-checkout health check: the engine pings every checkout
+#: How returned connections get their session state cleaned: the choices, default first.
+SESSION_RESET_CHOICES = ("detected", "always", "never")
+_SESSION_RESET = "session_reset"
 # psycopg_pool keys that Django's pool sets itself, or that need psycopg_pool.
 _REFUSED = {
     "kwargs": "connection arguments belong in OPTIONS itself, as without pooling",
@@ -42,10 +48,18 @@ _REFUSED = {
 }
 
 
-def pool_arguments(
-    value: Any, settings_dict: Mapping[str, Any], alias: str
-) -> dict[str, Any] | None:
-    """Return keyword arguments for :class:`Pool`, or None when pooling is off.
+@dataclass(frozen=True)
+class PoolOptions:
+    """``OPTIONS["pool"]``, checked: the engine's arguments and the Django layer's own."""
+
+    #: Keyword arguments for :class:`~django_pool.Pool`.
+    engine: dict[str, Any]
+    #: One of :data:`SESSION_RESET_CHOICES`.
+    session_reset: str = SESSION_RESET_CHOICES[0]
+
+
+def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> PoolOptions | None:
+    """Return the checked options, or None when pooling is off.
 
     Raises ImproperlyConfigured naming ``DATABASES[alias]['OPTIONS']['pool']``
     and the key at fault.
@@ -68,6 +82,12 @@ def pool_arguments(
             "staying with a thread"
         )
 
+    session_reset = options.pop(_SESSION_RESET, SESSION_RESET_CHOICES[0])
+    if session_reset not in SESSION_RESET_CHOICES:
+        raise ImproperlyConfigured(
+            f"{where}: {_SESSION_RESET!r} must be one of "
+            f"{', '.join(map(repr, SESSION_RESET_CHOICES))}, got {session_reset!r}"
+        )
     arguments: dict[str, Any] = {}
     if options.pop(_CHECK, None) is not None:
         arguments["validate_after"] = 0
@@ -79,7 +99,7 @@ def pool_arguments(
         if key not in ENGINE_KEYS:
             raise ImproperlyConfigured(
                 f"{where}: unknown key {key!r}; valid keys: "
-                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK)))}"
+                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK, _SESSION_RESET)))}"
             )
         if key in ("configure", "reset"):
             value = _callable(where, key, value)
@@ -90,7 +110,7 @@ def pool_arguments(
         Pool(_never_called, open=False, **arguments)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
-    return arguments
+    return PoolOptions(arguments, session_reset)
 
 
 def _callable(where: str, key: str, value: Any) -> Callable[[Any], None]:

@@ -35,9 +35,30 @@ WRAPPER_STATE = ("isolation_level",)
 
 @dataclass
 class PoolEntry:
+    """A pool and what the Django layer keeps beside it."""
+
     key: tuple[Any, ...]
     pool: Pool
     wrapper_state: dict[str, Any] = field(default_factory=dict)
+    # Returned connections whose session state was reset, or closed because it
+    # could not be (see base.PooledWrapperMixin._close); rare, so one lock.
+    sessions_reset: int = 0
+    sessions_discarded: int = 0
+    counters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_session(self, reset: bool) -> None:
+        with self.counters_lock:
+            if reset:
+                self.sessions_reset += 1
+            else:
+                self.sessions_discarded += 1
+
+    def get_stats(self) -> dict[str, Any]:
+        stats = self.pool.get_stats()
+        with self.counters_lock:
+            stats["sessions_reset"] = self.sessions_reset
+            stats["sessions_discarded"] = self.sessions_discarded
+        return stats
 
 
 _entries: dict[str, PoolEntry] = {}
@@ -82,14 +103,15 @@ def _new_entry(wrapper: PooledWrapperMixin, key: tuple[Any, ...]) -> PoolEntry:
     settings_dict = dict(wrapper.settings_dict)
     alias = wrapper.alias
     wrapper_class = type(wrapper)
-    arguments = dict(wrapper.pool_arguments or {})
+    assert wrapper.pool_options is not None
+    arguments = dict(wrapper.pool_options.engine)
     wrapper_state: dict[str, Any] = {}
 
     def connect() -> Any:
         # A throw-away unpooled wrapper runs Django's own connect steps, so the
         # physical connection is set up exactly as without pooling, once.
         maker: Any = wrapper_class(settings_dict, alias)
-        maker.pool_arguments = None
+        maker.pool_options = None
         conn = maker.get_new_connection(maker.get_connection_params())
         try:
             maker.connection = conn
@@ -110,6 +132,24 @@ def get_pool(alias: str = "default") -> Pool | None:
     """The pool currently serving ``alias`` in this process, if one was made."""
     entry = _entries.get(alias)
     return entry.pool if entry is not None else None
+
+
+def active_pools() -> dict[str, Pool]:
+    """Every pool of this process, by alias (made at each alias's first query)."""
+    return {alias: entry.pool for alias, entry in list(_entries.items())}
+
+
+def get_stats(alias: str | None = None) -> dict[str, Any]:
+    """The stats of ``alias``'s pool, or of every pool by alias when ``alias`` is None.
+
+    The keys are the engine's (``Pool.get_stats``) plus ``sessions_reset`` and
+    ``sessions_discarded``. An alias whose pool was not made yet in this
+    process (no query so far) gives ``{}``.
+    """
+    if alias is not None:
+        entry = _entries.get(alias)
+        return entry.get_stats() if entry is not None else {}
+    return {name: entry.get_stats() for name, entry in list(_entries.items())}
 
 
 def close_pools(alias: str | None = None, timeout: float = 5.0) -> None:
