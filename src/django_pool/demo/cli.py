@@ -213,7 +213,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(report.table(outcome))
-    title = f"django-pool demo: {outcome.setup['machine']}, {outcome.setup['database_server']}"
+    setup = outcome.setup
+    title = (
+        f"django-pool demo: {setup['machine']}, {setup['database_server']}\n"
+        f"{'; '.join(outcome.servers.values())}; {setup['pool']}; "
+        f"{setup['seconds_per_cell']:g} s per bar"
+    )
     report.write_json(outcome, args.json)
     report.write_chart(outcome, args.chart, title)
     print(f"\nFigures: {args.json}  Chart: {args.chart}")
