@@ -13,7 +13,12 @@ is a whole backend. The mixin changes these steps of Django's connection life:
   than a persistent connection's reuse;
 * ``close_if_unusable_or_obsolete`` / ``_close``: at the end of every request
   give the connection back instead of closing it, after restoring the
-  configured autocommit, or close it when it is broken.
+  configured autocommit and cleaning any session state the borrower left
+  (``SET``, temporary tables, ``LISTEN``...: see :mod:`django_pool.session`),
+  or close it when it is broken or its session cannot be cleaned.
+
+Statements are scanned for session changes through one of Django's execute
+wrappers, installed when the wrapper is made (``session_reset="detected"``).
 
 Without ``OPTIONS["pool"]`` every step is Django's own.
 """
@@ -24,9 +29,11 @@ import contextlib
 import time
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
+from ..session import DIALECTS, Change, Dialect
 from . import pools
 from .options import PoolOptions, pool_options
 
@@ -38,9 +45,14 @@ class PooledWrapperMixin:
     pool_options: PoolOptions | None
     # The pool entry that lent the current connection (None: not borrowed).
     _pool_entry: pools.PoolEntry | None = None
+    # What the current borrower may have changed in the session.
+    _session_changes = Change.NONE
+    _session_dialect: Dialect
 
     settings_dict: dict[str, Any]
     alias: str
+    vendor: str
+    execute_wrappers: list[Any]
     connection: Any
     autocommit: bool
     errors_occurred: bool
@@ -56,6 +68,23 @@ class PooledWrapperMixin:
                 "OPTIONS": {k: v for k, v in options.items() if k != "pool"},
             }
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
+        if self.pool_options is not None:
+            self._session_dialect = DIALECTS[self.vendor]
+            mode = self.pool_options.session_reset
+            if mode == "always" and not self._session_dialect.can_reset:
+                raise ImproperlyConfigured(
+                    f"DATABASES[{alias!r}]['OPTIONS']['pool']: session_reset='always' "
+                    f"would close every connection on return: {self.vendor} sessions cannot "
+                    "be reset in place; use 'detected' or 'never'"
+                )
+            if mode == "detected":
+                self.execute_wrappers.append(self._note_session_changes)
+
+    def _note_session_changes(
+        self, execute: Any, sql: Any, params: Any, many: bool, context: Any
+    ) -> Any:
+        self._session_changes = self._session_dialect.after(self._session_changes, sql)
+        return execute(sql, params, many, context)
 
     def get_connection_params(self) -> dict[str, Any]:
         if self.pool_options is None:
@@ -81,6 +110,7 @@ class PooledWrapperMixin:
         self.close_at = time.monotonic()  # CONN_MAX_AGE is 0 with pooling
         self.closed_in_transaction = False
         self.errors_occurred = False
+        self._session_changes = Change.NONE
         self.connection = self.get_new_connection({})
         self.autocommit = self.settings_dict["AUTOCOMMIT"]
         connection_created.send(sender=self.__class__, connection=self)
@@ -93,6 +123,7 @@ class PooledWrapperMixin:
         entry = pools.entry_for(self)
         conn = entry.pool.getconn()
         self._pool_entry = entry
+        self._session_changes = Change.NONE
         self.__dict__.update(entry.wrapper_state)
         # The pool validated it (every checkout when CONN_HEALTH_CHECKS is on).
         self.health_check_done = True
@@ -117,14 +148,49 @@ class PooledWrapperMixin:
         conn, self._pool_entry = self.connection, None
         if conn is None:
             return None
+        discard = False
         if not self._restore_for_reuse():
             # Broken: close it, and the pool discards and replaces it.
             with contextlib.suppress(Exception):
                 conn.close()
+        else:
+            changes = self._changes_to_undo()
+            if changes:
+                discard = not self._reset_session(changes)
+                entry.count_session(reset=not discard)
         self.connection = None
         with self.wrap_database_errors:  # type: ignore[attr-defined]
-            entry.pool.putconn(conn)
+            entry.pool.putconn(conn, discard=discard)
         return None
+
+    def _changes_to_undo(self) -> Change:
+        assert self.pool_options is not None
+        mode = self.pool_options.session_reset
+        if mode == "detected":
+            return self._session_changes
+        return Change.ALL if mode == "always" else Change.NONE
+
+    def _reset_session(self, changes: Change) -> bool:
+        """Undo ``changes`` on the borrowed connection, in one round trip; False if it can't.
+
+        Settings come back to the connection's defaults, so Django's
+        per-connection setup (time zone, role...) is run again after.
+        """
+        dialect = self._session_dialect
+        if not dialect.can_reset:
+            return False
+        conn = self.connection
+        try:
+            conn.rollback()  # no round trip unless a transaction is open
+            with conn.cursor() as cursor:
+                cursor.execute(dialect.reset_sql(changes))
+            if changes & (Change.SETTINGS | Change.OTHER):
+                super().init_connection_state()  # type: ignore[misc]
+            if not self.autocommit:
+                conn.commit()
+        except Exception:
+            return False
+        return True
 
     def _restore_for_reuse(self) -> bool:
         """Put the borrowed connection back in the state the pool lends, if it can be.

@@ -1,0 +1,178 @@
+"""Session state a borrower may leave on a connection, and how to clean it.
+
+A pooled connection keeps whatever its last borrower did to the session: a
+``SET ROLE`` or ``SET search_path``, a ``set_config('app.tenant', ...)`` used by
+row-level security, a temporary table, a ``LISTEN``, a prepared statement, a
+session advisory lock. The next request must not inherit any of it.
+
+Resetting every returned connection costs a round trip per request, so the
+statements a borrower sends are scanned instead (:meth:`Dialect.after`), and
+only a connection whose session changed is reset on its way back
+(:meth:`Dialect.reset_sql`). The scan is a handful of substring tests and an
+anchored match: about a microsecond per statement. It errs on the side of
+resetting: a word like ``temp`` or ``set_config`` inside a string literal
+costs one unneeded reset, never a leak. Changes made without going through
+the scanned path (on the raw driver connection) are not seen; the
+``"always"`` mode covers them.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+
+class Change(enum.IntFlag):
+    """Kinds of session state, one bit each."""
+
+    NONE = 0
+    SETTINGS = enum.auto()  # SET / RESET / set_config(..., false): settings, role, search_path
+    TEMP = enum.auto()  # temporary tables, views, sequences
+    LISTEN = enum.auto()  # LISTEN channels
+    PREPARED = enum.auto()  # PREPARE'd statements
+    ADVISORY_LOCKS = enum.auto()  # session-level advisory locks (GET_LOCK on MySQL)
+    CURSORS = enum.auto()  # cursors that outlive their transaction (WITH HOLD)
+    CONSTRAINT_CHECKS = enum.auto()  # MySQL's foreign_key_checks switched off
+    OTHER = enum.auto()  # anything else that lives as long as the session
+    ALL = (
+        SETTINGS | TEMP | LISTEN | PREPARED | ADVISORY_LOCKS | CURSORS | CONSTRAINT_CHECKS | OTHER
+    )
+
+
+class Dialect:
+    """How one database's session state is changed, and how it is put back."""
+
+    #: Statement-leading keywords (upper case) and what they change.
+    leading: tuple[tuple[str, Change], ...] = ()
+    #: ``SET`` forms that last only for the transaction (or the next one).
+    transaction_scoped_set: re.Pattern[str] = re.compile(r"(?!)")
+    #: Settings that are switched off and back on (Django toggles constraint
+    #: checks around fixtures, flushes and migrations): a ``SET`` pattern with
+    #: the value as group 1, the values that restore the default, and the bit.
+    switches: tuple[tuple[re.Pattern[str], frozenset[str], Change], ...] = ()
+    #: Lower-case substrings that may change the session anywhere in a statement,
+    #: each with a pattern that confirms it (None: the substring is enough).
+    anywhere: tuple[tuple[str, re.Pattern[str] | None, Change], ...] = ()
+    #: True when :meth:`reset_sql` can clean the session; otherwise a changed
+    #: session is closed and replaced.
+    can_reset = False
+
+    def __init__(self) -> None:
+        self._leading_change = dict(self.leading)
+        words = "|".join(sorted(self._leading_change, key=len, reverse=True))
+        self._leading_re = re.compile(rf"\s*({words})\b", re.IGNORECASE)
+
+    def after(self, state: Change, sql: object) -> Change:
+        """What the session holds after running ``sql`` on one that held ``state``."""
+        if not isinstance(sql, str):
+            # psycopg's sql.Composed and the like: not worth rendering to scan.
+            return state | Change.OTHER
+        for statement in sql.split(";") if ";" in sql else (sql,):
+            match = self._leading_re.match(statement)
+            if match is None:
+                continue
+            keyword = match[1].upper()
+            if keyword != "SET":
+                state |= self._leading_change[keyword]
+            elif not self.transaction_scoped_set.match(statement):
+                state = self._after_set(state, statement)
+        lowered = sql.lower()
+        for needle, confirm, change in self.anywhere:
+            if needle in lowered and (confirm is None or confirm.search(sql)):
+                state |= change
+        return state
+
+    def _after_set(self, state: Change, statement: str) -> Change:
+        for pattern, defaults, bit in self.switches:
+            switch = pattern.match(statement)
+            if switch is not None:
+                return state & ~bit if switch[1].upper() in defaults else state | bit
+        return state | Change.SETTINGS
+
+    def reset_sql(self, changes: Change) -> str:
+        """One string of statements that undoes ``changes``, sent in one round trip."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset a session")
+
+
+class PostgreSQL(Dialect):
+    leading = (
+        ("SET", Change.SETTINGS),
+        ("RESET", Change.SETTINGS),
+        ("LISTEN", Change.LISTEN),
+        ("PREPARE", Change.PREPARED),
+        ("DECLARE", Change.CURSORS),
+        ("LOAD", Change.OTHER),
+    )
+    transaction_scoped_set = re.compile(
+        r"\s*SET\s+(?:LOCAL|CONSTRAINTS|TRANSACTION)\b", re.IGNORECASE
+    )
+    anywhere = (
+        # set_config(name, value, true) is transaction-local; anything else is not.
+        (
+            "set_config",
+            re.compile(r"set_config\s*\((?![^;]*,\s*true\s*\))", re.I),
+            Change.SETTINGS,
+        ),
+        # pg_advisory_lock, pg_try_advisory_lock(_shared); not the *_xact_* ones.
+        ("advisory_lock", None, Change.ADVISORY_LOCKS),
+        ("temp", re.compile(r"\btemp(?:orary)?\s+(?:table|view|sequence)\b", re.I), Change.TEMP),
+    )
+    can_reset = True
+
+    def reset_sql(self, changes: Change) -> str:
+        statements = []
+        if changes & (Change.CURSORS | Change.OTHER):
+            statements.append("CLOSE ALL")
+        if changes & (Change.SETTINGS | Change.OTHER):
+            # RESET ALL leaves the session user's role switch alone.
+            statements += ["SET SESSION AUTHORIZATION DEFAULT", "RESET ALL"]
+        if changes & (Change.PREPARED | Change.OTHER):
+            statements.append("DEALLOCATE ALL")
+        if changes & (Change.LISTEN | Change.OTHER):
+            statements.append("UNLISTEN *")
+        if changes & (Change.ADVISORY_LOCKS | Change.OTHER):
+            statements.append("SELECT pg_advisory_unlock_all()")
+        if changes & (Change.TEMP | Change.OTHER):
+            # DISCARD ALL would do all of this, but not in the implicit
+            # transaction of a multi-statement query.
+            statements.append("DISCARD TEMP")
+        if changes & Change.OTHER:
+            statements += ["DISCARD PLANS", "DISCARD SEQUENCES"]
+        return "; ".join(statements)
+
+
+class MySQL(Dialect):
+    """MySQL/MariaDB: detected, but not reset in place.
+
+    COM_RESET_CONNECTION would do it, but neither mysqlclient (2.2) nor
+    PyMySQL exposes it, and it also clears what the connection was set up
+    with (``init_command``, isolation level, sql_mode), which the client only
+    sends when connecting. So a changed session is closed and replaced.
+    """
+
+    leading = (
+        ("SET", Change.SETTINGS),
+        ("USE", Change.SETTINGS),
+        ("PREPARE", Change.PREPARED),
+        ("LOCK", Change.OTHER),  # LOCK TABLES lasts until UNLOCK or the session ends
+    )
+    # SET TRANSACTION without SESSION/GLOBAL applies to the next transaction only.
+    transaction_scoped_set = re.compile(r"\s*SET\s+TRANSACTION\b", re.IGNORECASE)
+    switches = (
+        (
+            re.compile(
+                r"\s*SET\s+(?:SESSION\s+|@@(?:SESSION\.)?)?foreign_key_checks\s*=\s*(\w+)\s*$",
+                re.IGNORECASE,
+            ),
+            frozenset({"1", "ON"}),
+            Change.CONSTRAINT_CHECKS,
+        ),
+    )
+    anywhere = (
+        ("get_lock", None, Change.ADVISORY_LOCKS),
+        ("temporary", re.compile(r"\btemporary\s+table\b", re.I), Change.TEMP),
+        (":=", None, Change.SETTINGS),  # user variables assigned inside a query
+    )
+
+
+DIALECTS: dict[str, Dialect] = {"postgresql": PostgreSQL(), "mysql": MySQL()}

@@ -1,0 +1,254 @@
+"""Session state never leaks from one checkout to the next (real servers, on the wire).
+
+Each test borrows through a pooled wrapper of its own whose only connection
+goes through :class:`tests.wire.WireCounter`, so the statements the server
+receives can be counted: a clean checkout must send nothing but the
+borrower's own statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+
+from django_pool.backends import close_pools, get_stats
+from tests.wire import WireCounter
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
+if "mysql" not in settings.DATABASES:
+    pytestmark = pytest.mark.django_db(transaction=True, databases=["default"])
+needs_mysql = pytest.mark.skipif(
+    "mysql" not in settings.DATABASES, reason="no MySQL/MariaDB server answered"
+)
+
+
+@contextmanager
+def proxied(alias: str, **pool: Any) -> Iterator[tuple[Any, WireCounter]]:
+    """A pooled wrapper like ``connections[alias]``, with one connection, through a proxy."""
+    base = connections[alias]
+    protocol = "postgresql" if base.vendor == "postgresql" else "mysql"
+    with WireCounter(
+        protocol, base.settings_dict["HOST"], int(base.settings_dict["PORT"])
+    ) as proxy:
+        name = f"{alias}-proxied"
+        options = {"min_size": 1, "max_size": 1, "validate_after": None, **pool}
+        wrapper = type(base)(
+            {
+                **base.settings_dict,
+                "HOST": proxy.host,
+                "PORT": proxy.port,
+                "OPTIONS": {**base.settings_dict["OPTIONS"], "pool": options},
+            },
+            name,
+        )
+        try:
+            yield wrapper, proxy
+        finally:
+            wrapper.close()
+            close_pools(name)
+        assert proxy.connections_unreadable == 0
+
+
+def checkout(wrapper: Any, *statements: str) -> list[Any]:
+    """One request: run ``statements``, return the last one's rows, give the connection back."""
+    rows: list[Any] = []
+    with wrapper.cursor() as cursor:
+        for sql in statements:
+            cursor.execute(sql)
+            rows = cursor.fetchall() if cursor.description else []
+    wrapper.close_if_unusable_or_obsolete()  # the end of a request
+    assert wrapper.connection is None
+    return rows
+
+
+def pg_session(wrapper: Any) -> int:
+    return int(checkout(wrapper, "SELECT pg_backend_pid()")[0][0])
+
+
+# (statement that leaves state behind, query showing that state)
+PG_STATE = {
+    "role": ("SET ROLE pg_monitor", "SELECT current_user"),
+    "search_path": ("SET search_path TO pg_catalog", "SHOW search_path"),
+    "time zone": ("SET TIME ZONE 'Asia/Tokyo'", "SHOW TimeZone"),
+    "set_config": (
+        "SELECT set_config('app.tenant', '42', false)",
+        # RESET ALL leaves the name defined, with an empty value.
+        "SELECT coalesce(current_setting('app.tenant', true), '')",
+    ),
+    "temporary table": (
+        "CREATE TEMP TABLE leak (a int)",
+        "SELECT to_regclass('pg_temp.leak') IS NOT NULL",
+    ),
+    "listen": ("LISTEN leak", "SELECT count(*) FROM pg_listening_channels()"),
+    "advisory lock": (
+        "SELECT pg_advisory_lock(4242)",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    "prepared statement": (
+        "PREPARE leak AS SELECT 1",
+        "SELECT count(*) FROM pg_prepared_statements",
+    ),
+    "cursor with hold": (
+        "DECLARE leak CURSOR WITH HOLD FOR SELECT 1",
+        "SELECT count(*) FROM pg_cursors",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(PG_STATE))
+def test_postgresql_session_state_is_gone_at_the_next_checkout(kind):
+    change, show = PG_STATE[kind]
+    with proxied("default") as (wrapper, _):
+        session = pg_session(wrapper)
+        before = checkout(wrapper, show)
+        changed = checkout(wrapper, change, show)
+        assert changed != before  # the statement did change the session
+        assert checkout(wrapper, show) == before
+        assert pg_session(wrapper) == session  # cleaned in place, not replaced
+        assert get_stats("default-proxied")["sessions_reset"] == 1
+
+
+def test_a_clean_checkout_sends_nothing_but_its_own_statements():
+    with proxied("default") as (wrapper, proxy):
+        pg_session(wrapper)  # the connection is made and set up
+        mark = proxy.mark()
+        for i in range(5):
+            checkout(wrapper, f"SELECT {i}", "UPDATE pg_class SET relname = relname WHERE false")
+        sent = [sql for _, sql in proxy.statements_since(mark)]
+        update = "UPDATE pg_class SET relname = relname WHERE false"
+        assert sent == [sql for i in range(5) for sql in (f"SELECT {i}", update)]
+        assert get_stats("default-proxied")["sessions_reset"] == 0
+
+
+def test_a_changed_session_costs_one_reset_statement():
+    with proxied("default") as (wrapper, proxy):
+        pg_session(wrapper)
+        mark = proxy.mark()
+        checkout(wrapper, "LISTEN leak")
+        sent = [sql for _, sql in proxy.statements_since(mark)]
+        assert sent == ["LISTEN leak", "UNLISTEN *"]
+        mark = proxy.mark()
+        checkout(wrapper, "SELECT 1")  # and the next clean checkout is free again
+        assert [sql for _, sql in proxy.statements_since(mark)] == ["SELECT 1"]
+
+
+def test_transaction_scoped_changes_need_no_reset():
+    with proxied("default") as (wrapper, proxy):
+        pg_session(wrapper)
+        mark = proxy.mark()
+        with wrapper.cursor() as cursor:
+            wrapper.set_autocommit(False)
+            cursor.execute("SET LOCAL search_path TO pg_catalog")
+            cursor.execute("SELECT set_config('app.tenant', '1', true)")
+            cursor.execute("SELECT pg_advisory_xact_lock(4242)")
+            wrapper.commit()
+            wrapper.set_autocommit(True)
+        wrapper.close_if_unusable_or_obsolete()
+        sent = [sql for _, sql in proxy.statements_since(mark)]
+        assert "RESET ALL" not in " ".join(sent) and "unlock_all" not in " ".join(sent)
+        assert get_stats("default-proxied")["sessions_reset"] == 0
+
+
+def test_session_reset_always_resets_every_return():
+    with proxied("default", session_reset="always") as (wrapper, proxy):
+        session = pg_session(wrapper)
+        mark = proxy.mark()
+        checkout(wrapper, "SELECT 1")
+        sent = [sql for _, sql in proxy.statements_since(mark)]
+        assert sent[0] == "SELECT 1" and "RESET ALL" in sent[1]
+        assert pg_session(wrapper) == session
+        assert get_stats("default-proxied")["sessions_reset"] == 3
+
+
+def test_session_reset_never_leaves_the_state_as_django_builtin_pool_does():
+    with proxied("default", session_reset="never") as (wrapper, _):
+        checkout(wrapper, "SET search_path TO pg_catalog")
+        assert checkout(wrapper, "SHOW search_path") == [("pg_catalog",)]
+
+
+def test_bad_session_reset_value_names_the_choices():
+    base = connections["default"]
+    with pytest.raises(ImproperlyConfigured, match=r"'session_reset' must be one of 'detected'"):
+        type(base)(
+            {**base.settings_dict, "OPTIONS": {"pool": {"session_reset": "sometimes"}}}, "x"
+        )
+
+
+def mysql_session(wrapper: Any) -> int:
+    return int(checkout(wrapper, "SELECT CONNECTION_ID()")[0][0])
+
+
+MYSQL_STATE = {
+    "user variable": ("SET @leak = 42", "SELECT @leak"),
+    "session variable": ("SET SESSION sql_mode = 'ANSI'", "SELECT @@SESSION.sql_mode"),
+    "named lock": ("SELECT GET_LOCK('leak', 1)", "SELECT IS_USED_LOCK('leak') IS NOT NULL"),
+}
+
+
+@needs_mysql
+@pytest.mark.parametrize("kind", list(MYSQL_STATE))
+def test_mysql_changed_session_is_replaced(kind):
+    change, show = MYSQL_STATE[kind]
+    with proxied("mysql") as (wrapper, _):
+        session = mysql_session(wrapper)
+        before = checkout(wrapper, show)
+        assert checkout(wrapper, change, show) != before
+        assert checkout(wrapper, show) == before
+        assert mysql_session(wrapper) != session
+        stats = get_stats("mysql-proxied")
+        assert stats["sessions_discarded"] == 1
+        assert stats["returns_bad"] == 0 and stats["connections_lost"] == 0
+
+
+@needs_mysql
+def test_mysql_temporary_table_is_gone_at_the_next_checkout():
+    # MariaDB 10.x lists temporary tables nowhere: creating it again tells.
+    with proxied("mysql") as (wrapper, _):
+        checkout(wrapper, "CREATE TEMPORARY TABLE leak (a int)", "INSERT INTO leak VALUES (1)")
+        checkout(wrapper, "CREATE TEMPORARY TABLE leak (a int)")
+        assert get_stats("mysql-proxied")["sessions_discarded"] == 2
+
+
+@needs_mysql
+def test_mysql_clean_checkout_keeps_its_session_and_sends_nothing_more():
+    with proxied("mysql") as (wrapper, proxy):
+        session = mysql_session(wrapper)
+        mark = proxy.mark()
+        for i in range(3):
+            checkout(wrapper, f"SELECT {i}")
+        assert [sql for _, sql in proxy.statements_since(mark)] == [
+            "SELECT 0",
+            "SELECT 1",
+            "SELECT 2",
+        ]
+        assert mysql_session(wrapper) == session
+
+
+@needs_mysql
+def test_mysql_refuses_session_reset_always():
+    base = connections["mysql"]
+    with pytest.raises(ImproperlyConfigured, match=r"session_reset='always'.*cannot be reset"):
+        type(base)({**base.settings_dict, "OPTIONS": {"pool": {"session_reset": "always"}}}, "x")
+
+
+@needs_mysql
+def test_mysql_constraint_checks_switched_off_and_on_keep_the_session():
+    # Django does this around fixtures, flushes and migrations on MySQL.
+    with proxied("mysql") as (wrapper, _):
+        session = mysql_session(wrapper)
+        with wrapper.constraint_checks_disabled():
+            checkout_without_return = wrapper.cursor()
+            checkout_without_return.execute("SELECT 1")
+        wrapper.close_if_unusable_or_obsolete()
+        assert mysql_session(wrapper) == session
+        with wrapper.cursor():
+            wrapper.disable_constraint_checking()
+        wrapper.close_if_unusable_or_obsolete()  # left off: replaced
+        assert mysql_session(wrapper) != session
+        assert checkout(wrapper, "SELECT @@foreign_key_checks") == ((1,),)

@@ -1,0 +1,90 @@
+"""The statement scan that decides whether a returned connection needs a reset.
+
+Pure logic: each statement is paired with the session state it leaves. The
+resets themselves are tested on real servers in test_django_sessions.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from django_pool.session import DIALECTS, Change
+
+C = Change
+POSTGRESQL = [
+    ("SELECT 1", C.NONE),
+    ("UPDATE t SET a = 1", C.NONE),
+    ("SELECT temperature FROM weather", C.NONE),
+    ("SET ROLE tenant", C.SETTINGS),
+    ("  set search_path = a, public", C.SETTINGS),
+    ("SET SESSION AUTHORIZATION bob", C.SETTINGS),
+    ("RESET ALL", C.SETTINGS),
+    ("SET LOCAL search_path = a", C.NONE),
+    ("SET CONSTRAINTS ALL IMMEDIATE", C.NONE),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", C.NONE),
+    ("SELECT set_config('app.tenant', '42', false)", C.SETTINGS),
+    ("SELECT set_config('app.tenant', %s, %s)", C.SETTINGS),
+    ("SELECT set_config('app.tenant', '42', true)", C.NONE),
+    ("CREATE TEMP TABLE t (a int)", C.TEMP),
+    ("create temporary view v as select 1", C.TEMP),
+    ("SELECT * INTO TEMP TABLE t FROM x", C.TEMP),
+    ("LISTEN jobs", C.LISTEN),
+    ("PREPARE p AS SELECT 1", C.PREPARED),
+    ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", C.CURSORS),
+    ("SELECT pg_advisory_lock(1)", C.ADVISORY_LOCKS),
+    ("SELECT pg_try_advisory_lock_shared(1)", C.ADVISORY_LOCKS),
+    ("SELECT pg_advisory_xact_lock(1)", C.NONE),
+    ("SELECT 1; SET search_path = a", C.SETTINGS),
+    ("LISTEN a; CREATE TEMP TABLE t (a int)", C.LISTEN | C.TEMP),
+    (b"SET x = 1", C.OTHER),
+]
+MYSQL = [
+    ("SELECT 1", C.NONE),
+    ("UPDATE t SET a = 1", C.NONE),
+    ("SET @x = 1", C.SETTINGS),
+    ("SET NAMES latin1", C.SETTINGS),
+    ("SET SESSION sql_mode = 'ANSI'", C.SETTINGS),
+    ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", C.NONE),
+    ("SELECT @a := 1", C.SETTINGS),
+    ("USE other", C.SETTINGS),
+    ("CREATE TEMPORARY TABLE t (a int)", C.TEMP),
+    ("SELECT GET_LOCK('a', 1)", C.ADVISORY_LOCKS),
+    ("LOCK TABLES t READ", C.OTHER),
+    ("SET FOREIGN_KEY_CHECKS = 0", C.CONSTRAINT_CHECKS),
+    ("SET foreign_key_checks=0; SET foreign_key_checks=1", C.NONE),
+]
+
+
+@pytest.mark.parametrize(("sql", "expected"), POSTGRESQL)
+def test_postgresql_statements(sql, expected):
+    assert DIALECTS["postgresql"].after(C.NONE, sql) == expected
+
+
+@pytest.mark.parametrize(("sql", "expected"), MYSQL)
+def test_mysql_statements(sql, expected):
+    assert DIALECTS["mysql"].after(C.NONE, sql) == expected
+
+
+def test_switching_a_setting_back_clears_only_that_change():
+    mysql = DIALECTS["mysql"]
+    state = mysql.after(C.NONE, "SET @x = 1")
+    state = mysql.after(state, "SET FOREIGN_KEY_CHECKS = 0")
+    assert state == C.SETTINGS | C.CONSTRAINT_CHECKS
+    assert mysql.after(state, "SET FOREIGN_KEY_CHECKS = 1") == C.SETTINGS
+
+
+def test_postgresql_reset_undoes_exactly_what_changed():
+    pg = DIALECTS["postgresql"]
+    assert pg.reset_sql(C.LISTEN) == "UNLISTEN *"
+    assert pg.reset_sql(C.TEMP | C.ADVISORY_LOCKS) == (
+        "SELECT pg_advisory_unlock_all(); DISCARD TEMP"
+    )
+    everything = pg.reset_sql(C.ALL)
+    for statement in ("CLOSE ALL", "RESET ALL", "DEALLOCATE ALL", "UNLISTEN *", "DISCARD TEMP"):
+        assert statement in everything
+
+
+def test_mysql_cannot_reset_in_place():
+    assert not DIALECTS["mysql"].can_reset
+    with pytest.raises(NotImplementedError):
+        DIALECTS["mysql"].reset_sql(C.SETTINGS)
