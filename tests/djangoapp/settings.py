@@ -37,7 +37,12 @@ ALLOWED_HOSTS = ["*"]
 USE_TZ = True
 TIME_ZONE = "UTC"
 ROOT_URLCONF = "tests.djangoapp.urls"
-INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "tests.djangoapp"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django_pool",
+    "tests.djangoapp",
+]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 MIDDLEWARE: list[str] = []
 DATABASE_ROUTERS = ["tests.djangoapp.routers.GisRouter"]

@@ -6,6 +6,15 @@ as Django's own backend chooses), ``django_pool.backends.postgis``,
 is switched on by ``OPTIONS["pool"]``, as for Django's built-in pool.
 """
 
+from .errors import PoolClosedError, PoolTimeoutError, TooManyRequestsError
 from .pools import active_pools, close_pools, get_pool, get_stats
 
-__all__ = ["active_pools", "close_pools", "get_pool", "get_stats"]
+__all__ = [
+    "PoolClosedError",
+    "PoolTimeoutError",
+    "TooManyRequestsError",
+    "active_pools",
+    "close_pools",
+    "get_pool",
+    "get_stats",
+]

@@ -26,6 +26,7 @@ Without ``OPTIONS["pool"]`` every step is Django's own.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -33,9 +34,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.signals import connection_created
 from django.utils.asyncio import async_unsafe
 
+from ..errors import PoolError
 from ..session import DIALECTS, Change, Dialect
 from . import pools
+from .errors import database_error
 from .options import PoolOptions, pool_options
+
+logger = logging.getLogger("django_pool")
 
 
 class PooledWrapperMixin:
@@ -121,7 +126,10 @@ class PooledWrapperMixin:
         if self.pool_options is None:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
         entry = pools.entry_for(self)
-        conn = entry.pool.getconn()
+        try:
+            conn = entry.pool.getconn()
+        except PoolError as exc:
+            raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
         self._session_changes = Change.NONE
         self.__dict__.update(entry.wrapper_state)
@@ -158,6 +166,12 @@ class PooledWrapperMixin:
             if changes:
                 discard = not self._reset_session(changes)
                 entry.count_session(reset=not discard)
+                logger.debug(
+                    "database %r: session changed (%s): %s",
+                    self.alias,
+                    changes,
+                    "closed and replaced" if discard else "reset",
+                )
         self.connection = None
         with self.wrap_database_errors:  # type: ignore[attr-defined]
             entry.pool.putconn(conn, discard=discard)

@@ -15,6 +15,7 @@ in the child takes a fresh connection from the child's own pool.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from ..pool import Pool
 
 if TYPE_CHECKING:
     from .base import PooledWrapperMixin
+
+logger = logging.getLogger("django_pool")
 
 # Attributes Django's backends set on the wrapper while connecting (the
 # isolation level: PostgreSQL's get_new_connection, MySQL's
@@ -125,6 +128,14 @@ def _new_entry(wrapper: PooledWrapperMixin, key: tuple[Any, ...]) -> PoolEntry:
 
     password = settings_dict.get("PASSWORD") or ""
     pool = Pool(connect, secrets=[password] if password else (), **arguments)
+    logger.info(
+        "database %r: pool made in process %d (min_size=%d, max_size=%d, timeout=%g s)",
+        alias,
+        os.getpid(),
+        pool.min_size,
+        pool.max_size,
+        pool.timeout,
+    )
     return PoolEntry(key, pool, wrapper_state)
 
 
@@ -166,6 +177,7 @@ def close_pools(alias: str | None = None, timeout: float = 5.0) -> None:
             entry = _entries.pop(alias, None)
             entries = [entry] if entry is not None else []
     for entry in entries:
+        logger.debug("pool %r: closing", entry.pool.name)
         entry.pool.close(timeout=timeout)
 
 
