@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -6,4 +6,5 @@ urlpatterns = [
     path("whoami", views.whoami),
     path("async-items", views.async_items),
     path("stats", views.stats),
+    path("pool/", include("django_pool.contrib.urls")),
 ]
