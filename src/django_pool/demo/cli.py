@@ -240,7 +240,7 @@ def _run(
         (
             SERVERS[server],
             mode,
-            modes.skip_reason(mode, vendor) or _server_skip_reason(server, mode),
+            modes.skip_reason(mode, vendor, server),
         )
         for server in args.servers
         for mode in args.modes
@@ -293,24 +293,12 @@ def _run(
         except ServerFailed as exc:
             outcome.runs.append(report.Run(kind.key, mode, "failed", str(exc).splitlines()[0]))
             progress(f"{LABELS[mode]} under {kind.label} failed: {exc}")
-            continue
-        outcome.runs.append(report.Run(kind.key, mode, "ran"))
+        else:
+            outcome.runs.append(report.Run(kind.key, mode, "ran"))
         left = _drain(monitor)
         if left:
             progress(f"  warning: {left} connections still open {DRAIN_TIMEOUT:.0f} s later")
     return outcome
-
-
-def _server_skip_reason(server: str, mode: str) -> str | None:
-    if server == "uvicorn" and mode == "persistent":
-        # Each request's connection lives in its own async context, is never
-        # reused, and stays open until garbage-collected: run it and it takes
-        # every connection the database server allows.
-        return (
-            "Django's docs say to disable persistent connections under ASGI: each "
-            "request would open a connection and leave it open"
-        )
-    return None
 
 
 def _measure(

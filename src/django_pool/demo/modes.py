@@ -44,8 +44,16 @@ class PoolSize:
         return f"min {self.min_size}, max {self.max_size}"
 
 
-def skip_reason(mode: str, vendor: Vendor) -> str | None:
-    """Why ``mode`` cannot run here on a ``vendor`` database, or None when it can."""
+def skip_reason(mode: str, vendor: Vendor, server: str) -> str | None:
+    """Why ``mode`` cannot run on a ``vendor`` database under ``server``, or None."""
+    if mode == "persistent" and server == "uvicorn":
+        # Under ASGI each request's connection lives in the request's own async
+        # context: never reused, and open until garbage-collected. Run anyway,
+        # it would take every connection the database server allows.
+        return (
+            "Django's docs say to disable persistent connections under ASGI: each "
+            "request would open a connection and leave it open"
+        )
     if mode == "django_builtin":
         import django
 
