@@ -153,15 +153,17 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 
 class Progress:
-    """Timestamped progress lines on stderr."""
+    """Timestamped progress lines on stderr, passwords masked (server output is shown)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: list[str]) -> None:
         self.start = time.monotonic()
+        self.secrets = secrets
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
     def __call__(self, message: str) -> None:
+        message = redact(message, self.secrets)
         print(f"[{self.elapsed():5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         workers=base.workers,
         pool=base.pool,
     )
-    progress = Progress()
+    progress = Progress([db.password] if db else [])
     processes.handle_signals()
     workdir = Path(tempfile.mkdtemp(prefix="django-pool-demo-"))
     keep_logs = False
@@ -204,11 +206,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         processes.stop_all()
         keep_logs = True
-        secrets = [db.password] if db else []
-        progress(f"failed: {type(exc).__name__}: {redact(str(exc), secrets)}")
+        progress(f"failed: {type(exc).__name__}: {exc}")
         return 1
     finally:
-        if keep_logs:
+        if keep_logs and any(workdir.iterdir()):
             progress(f"the servers' logs are in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -317,7 +318,8 @@ def _measure(
         result = load.generate(tool, server.url, concurrency, plan.seconds, log)
     first_error = result.first_error
     if result.errors:
-        first_error = f"{first_error}; server log: {server.child.output_tail(3)}"
+        tail = redact(server.child.output_tail(3), [monitor.db.password])
+        first_error = f"{first_error}; server log: {tail}"
     return report.Cell(
         server=server.kind.key,
         mode=mode,
