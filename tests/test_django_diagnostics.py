@@ -95,6 +95,7 @@ def test_mysql_wrong_password_is_reported_without_it(caplog):
     ):
         wrapper.ensure_connection()
     assert "Access denied" in str(caught.value)
+    assert "(using password: YES)" in str(caught.value)  # not mistaken for one
     assert SECRET not in str(caught.value)
     assert all(SECRET not in r.getMessage() for r in caplog.records)
 

@@ -83,7 +83,8 @@ PG_STATE = {
     ),
     "temporary table": (
         "CREATE TEMP TABLE leak (a int)",
-        "SELECT to_regclass('pg_temp.leak') IS NOT NULL",
+        "SELECT count(*) FROM pg_class"
+        " WHERE relname = 'leak' AND relpersistence = 't' AND pg_table_is_visible(oid)",
     ),
     "listen": ("LISTEN leak", "SELECT count(*) FROM pg_listening_channels()"),
     "advisory lock": (
@@ -112,6 +113,32 @@ def test_postgresql_session_state_is_gone_at_the_next_checkout(kind):
         assert checkout(wrapper, show) == before
         assert pg_session(wrapper) == session  # cleaned in place, not replaced
         assert get_stats("default-proxied")["sessions_reset"] == 1
+
+
+def test_an_unfinished_server_side_cursor_is_closed():
+    # .iterator() stopped early: Django's cursor is declared WITH HOLD in
+    # autocommit mode, so it would outlive the request.
+    with proxied("default") as (wrapper, _):
+        session = pg_session(wrapper)
+        cursor = wrapper.chunked_cursor()
+        cursor.execute("SELECT generate_series(1, 1000)")
+        assert cursor.fetchone() == (1,)
+        wrapper.close_if_unusable_or_obsolete()
+        assert checkout(wrapper, "SELECT count(*) FROM pg_cursors") == [(0,)]
+        assert pg_session(wrapper) == session
+
+
+def set_statement_timeout(conn: Any) -> None:
+    with conn.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '7s'")
+
+
+def test_a_reset_runs_the_configure_hook_again():
+    with proxied("default", configure=set_statement_timeout) as (wrapper, _):
+        assert checkout(wrapper, "SHOW statement_timeout") == [("7s",)]
+        checkout(wrapper, "SET search_path TO pg_catalog")
+        assert checkout(wrapper, "SHOW statement_timeout") == [("7s",)]
+        assert checkout(wrapper, "SHOW search_path") != [("pg_catalog",)]
 
 
 def test_a_clean_checkout_sends_nothing_but_its_own_statements():

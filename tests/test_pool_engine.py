@@ -650,3 +650,17 @@ def test_discarded_connection_is_replaced_without_counting_as_bad(make_pool):
     stats = pool.get_stats()
     assert stats["returns_bad"] == 0 and stats["connections_lost"] == 0
     assert pool.getconn() is not conn
+
+
+def test_a_checkout_that_replaces_a_dead_connection_counts_one_wait(make_pool):
+    pool, _ = make_pool(delay=0.05, min_size=1, validate_after=0)
+    pool.wait()
+    dead = pool.getconn()
+    pool.putconn(dead)
+    dead.dead = True
+    conn = pool.getconn()  # takes the dead one, pings it, waits for a new one
+    assert conn is not dead
+    wait = pool.get_histograms()["wait"]
+    assert wait.count == 2  # the first checkout and this one, once
+    assert wait.total >= 0.04  # this one waited for the new connection
+    assert pool.get_stats()["requests_wait_ms"] >= 40

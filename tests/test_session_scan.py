@@ -28,6 +28,8 @@ POSTGRESQL = [
     ("CREATE TEMP TABLE t (a int)", C.TEMP),
     ("create temporary view v as select 1", C.TEMP),
     ("SELECT * INTO TEMP TABLE t FROM x", C.TEMP),
+    ("SELECT * INTO TEMP t FROM x", C.TEMP),
+    ("CREATE TABLE pg_temp.t (a int)", C.TEMP),
     ("LISTEN jobs", C.LISTEN),
     ("PREPARE p AS SELECT 1", C.PREPARED),
     ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", C.CURSORS),

@@ -47,5 +47,13 @@ class Histogram:
         self._counts[bisect_left(BOUNDS, seconds)] += 1
         self._total += seconds
 
-    def snapshot(self) -> HistogramSnapshot:
-        return HistogramSnapshot(BOUNDS, tuple(self._counts), self._total)
+    def forget(self, seconds: float) -> None:
+        """Take back an :meth:`observe` of the same value."""
+        self._counts[bisect_left(BOUNDS, seconds)] -= 1
+        self._total -= seconds
+
+    def snapshot(self, zeros: int = 0) -> HistogramSnapshot:
+        """A copy, with ``zeros`` more observations of 0 counted elsewhere."""
+        counts = list(self._counts)
+        counts[0] += zeros
+        return HistogramSnapshot(BOUNDS, tuple(counts), self._total)

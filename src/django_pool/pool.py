@@ -69,6 +69,7 @@ class _Slot:
         "leak_reported",
         "lent_at",
         "taken_by",
+        "waited",
     )
 
     def __init__(self, conn: Any, now: float, expires_at: float, generation: int) -> None:
@@ -79,6 +80,7 @@ class _Slot:
         # returned. While the slot is idle, that is also when it became idle.
         self.last_ok = now
         self.lent_at = now
+        self.waited = 0.0  # how long the borrower waited for it (for the stats)
         # Leak detection: where the borrower took it, and whether it was reported.
         self.taken_by: list[tuple[CodeType, int]] | None = None
         self.leak_reported = False
@@ -233,6 +235,7 @@ class Pool:
         self._pid = os.getpid()
         # Never reset by pop_stats(): Prometheus expects them to only grow.
         self._wait_histogram = Histogram()
+        self._immediate_waits = 0  # the wait histogram's zeros, counted apart: cheaper
         self._usage_histogram = Histogram()
         self._reset_counters()
 
@@ -280,7 +283,11 @@ class Pool:
                     slot = self._idle.pop()
                     self._lent[id(slot.conn)] = slot
                     slot.lent_at = start
-                    self._wait_histogram.observe(0.0)
+                    if requests:
+                        slot.waited = 0.0
+                        self._immediate_waits += 1
+                    else:  # a retry (the first connection was unfit) waited meanwhile
+                        self._record_wait_locked(slot, monotonic() - start)
                     waiter = None
                 else:
                     waiter = self._enqueue_locked(start, requests)
@@ -386,6 +393,12 @@ class Pool:
         if slot is None:
             self._put_unknown(conn)
             return
+        if slot.leak_reported:
+            logger.info(
+                "pool %r: a connection reported as leaked came back after %.1f s",
+                self.name,
+                monotonic() - slot.lent_at,
+            )
         if discard:
             state, good = IDLE, False
         else:
@@ -398,12 +411,6 @@ class Pool:
             usage = now - slot.lent_at
             self._usage += usage
             self._usage_histogram.observe(usage)
-            if slot.leak_reported:
-                logger.info(
-                    "pool %r: a connection reported as leaked came back after %.1f s",
-                    self.name,
-                    usage,
-                )
             average = self._usage_avg
             self._usage_avg = average + _EWMA_WEIGHT * (usage - average) if average else usage
             if (
@@ -485,16 +492,26 @@ class Pool:
             waiter = self._waiters.popleft()
             self._lent[id(slot.conn)] = slot
             slot.lent_at = now
-            self._requests_wait += now - waiter.since
-            self._wait_histogram.observe(now - waiter.since)
+            self._record_wait_locked(slot, now - waiter.since)
             waiter.slot = slot
             waiter.ready.release()
         else:
             self._idle.append(slot)
 
+    def _record_wait_locked(self, slot: _Slot, wait: float) -> None:
+        slot.waited = wait
+        self._requests_wait += wait
+        self._wait_histogram.observe(wait)
+
     def _drop_lent(self, slot: _Slot, lost: bool) -> None:
         """Close a connection taken by getconn but found unfit to lend."""
         with self._lock:
+            # getconn goes on waiting: its wait is recorded when it is served.
+            if slot.waited:
+                self._requests_wait -= slot.waited
+                self._wait_histogram.forget(slot.waited)
+            else:
+                self._immediate_waits -= 1
             del self._lent[id(slot.conn)]
             self._nconns -= 1
             if lost:
@@ -881,7 +898,7 @@ class Pool:
         started in this process. Unlike the counters they are never reset."""
         with self._lock:
             return {
-                "wait": self._wait_histogram.snapshot(),
+                "wait": self._wait_histogram.snapshot(zeros=self._immediate_waits),
                 "usage": self._usage_histogram.snapshot(),
             }
 

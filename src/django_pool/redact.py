@@ -13,9 +13,10 @@ from collections.abc import Iterable
 
 MASK = "********"
 
-# key=value pairs in libpq / ODBC style strings, quoted or not: password='x y'
+# key=value pairs in libpq / ODBC style strings, quoted or not: password='x y'.
+# Not MySQL's "(using password: YES)", which says whether one was sent.
 _KEY_VALUE = re.compile(
-    r"""(?ix)\b(password|passwd|pwd|sslpassword)(\s*[=:]\s*)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s,;&)]+)"""
+    r"""(?ix)\b(password|passwd|pwd|sslpassword)(\s*[=:]\s*)(?!(?:YES|NO)\))('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|[^\s,;&)]+)"""
 )
 # scheme://user:password@host
 _URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s]*)(@)")

@@ -23,7 +23,11 @@ import re
 
 
 class Change(enum.IntFlag):
-    """Kinds of session state, one bit each."""
+    """Kinds of session state, one bit each.
+
+    The scan works on plain ints (an ``IntFlag`` operation runs Python code in
+    ``enum``, a cost on every statement); ``Change(value)`` names them.
+    """
 
     NONE = 0
     SETTINGS = enum.auto()  # SET / RESET / set_config(..., false): settings, role, search_path
@@ -37,6 +41,10 @@ class Change(enum.IntFlag):
     ALL = (
         SETTINGS | TEMP | LISTEN | PREPARED | ADVISORY_LOCKS | CURSORS | CONSTRAINT_CHECKS | OTHER
     )
+
+
+_OTHER = int(Change.OTHER)
+_SETTINGS = int(Change.SETTINGS)
 
 
 class Dialect:
@@ -56,40 +64,58 @@ class Dialect:
     #: True when :meth:`reset_sql` can clean the session; otherwise a changed
     #: session is closed and replaced.
     can_reset = False
+    #: What a server-side cursor (Django's ``chunked_cursor()``, behind
+    #: ``.iterator()``) may leave behind if it is not read to the end.
+    chunked_cursor_change = Change.NONE
 
     def __init__(self) -> None:
-        self._leading_change = dict(self.leading)
+        self._leading_change = {keyword: int(change) for keyword, change in self.leading}
+        self._anywhere = [
+            (needle, confirm, int(change)) for needle, confirm, change in self.anywhere
+        ]
+        self._switches = [(pattern, on, int(bit)) for pattern, on, bit in self.switches]
         words = "|".join(sorted(self._leading_change, key=len, reverse=True))
         self._leading_re = re.compile(rf"\s*({words})\b", re.IGNORECASE)
+        # One search finds whether any needle is there at all (rarely).
+        needles = "|".join(re.escape(needle) for needle, _, _ in self.anywhere)
+        self._needles_re = re.compile(needles or r"(?!)", re.IGNORECASE)
 
-    def after(self, state: Change, sql: object) -> Change:
+    def after(self, state: int, sql: object) -> int:
         """What the session holds after running ``sql`` on one that held ``state``."""
         if not isinstance(sql, str):
             # psycopg's sql.Composed and the like: not worth rendering to scan.
-            return state | Change.OTHER
-        for statement in sql.split(";") if ";" in sql else (sql,):
-            match = self._leading_re.match(statement)
-            if match is None:
-                continue
-            keyword = match[1].upper()
-            if keyword != "SET":
-                state |= self._leading_change[keyword]
-            elif not self.transaction_scoped_set.match(statement):
-                state = self._after_set(state, statement)
-        lowered = sql.lower()
-        for needle, confirm, change in self.anywhere:
-            if needle in lowered and (confirm is None or confirm.search(sql)):
-                state |= change
+            return state | _OTHER
+        if ";" in sql:
+            for statement in sql.split(";"):
+                state = self._after_statement(state, statement)
+        elif self._leading_re.match(sql) is not None:
+            state = self._after_statement(state, sql)
+        if self._needles_re.search(sql) is not None:
+            lowered = sql.lower()
+            for needle, confirm, change in self._anywhere:
+                if needle in lowered and (confirm is None or confirm.search(sql)):
+                    state |= change
         return state
 
-    def _after_set(self, state: Change, statement: str) -> Change:
-        for pattern, defaults, bit in self.switches:
+    def _after_statement(self, state: int, statement: str) -> int:
+        match = self._leading_re.match(statement)
+        if match is None:
+            return state
+        keyword = match[1].upper()
+        if keyword != "SET":
+            return state | self._leading_change[keyword]
+        if self.transaction_scoped_set.match(statement):
+            return state
+        return self._after_set(state, statement)
+
+    def _after_set(self, state: int, statement: str) -> int:
+        for pattern, defaults, bit in self._switches:
             switch = pattern.match(statement)
             if switch is not None:
                 return state & ~bit if switch[1].upper() in defaults else state | bit
-        return state | Change.SETTINGS
+        return state | _SETTINGS
 
-    def reset_sql(self, changes: Change) -> str:
+    def reset_sql(self, changes: int) -> str:
         """One string of statements that undoes ``changes``, sent in one round trip."""
         raise NotImplementedError(f"{type(self).__name__} cannot reset a session")
 
@@ -103,6 +129,8 @@ class PostgreSQL(Dialect):
         ("DECLARE", Change.CURSORS),
         ("LOAD", Change.OTHER),
     )
+    # In autocommit mode Django declares them WITH HOLD: they outlive the query.
+    chunked_cursor_change = Change.CURSORS
     transaction_scoped_set = re.compile(
         r"\s*SET\s+(?:LOCAL|CONSTRAINTS|TRANSACTION)\b", re.IGNORECASE
     )
@@ -115,11 +143,17 @@ class PostgreSQL(Dialect):
         ),
         # pg_advisory_lock, pg_try_advisory_lock(_shared); not the *_xact_* ones.
         ("advisory_lock", None, Change.ADVISORY_LOCKS),
-        ("temp", re.compile(r"\btemp(?:orary)?\s+(?:table|view|sequence)\b", re.I), Change.TEMP),
+        (
+            "temp",
+            re.compile(
+                r"\btemp(?:orary)?\s+(?:table|view|sequence)\b|\binto\s+temp|\bpg_temp\.", re.I
+            ),
+            Change.TEMP,
+        ),
     )
     can_reset = True
 
-    def reset_sql(self, changes: Change) -> str:
+    def reset_sql(self, changes: int) -> str:
         statements = []
         if changes & (Change.CURSORS | Change.OTHER):
             statements.append("CLOSE ALL")

@@ -50,8 +50,11 @@ class PooledWrapperMixin:
     pool_options: PoolOptions | None
     # The pool entry that lent the current connection (None: not borrowed).
     _pool_entry: pools.PoolEntry | None = None
-    # What the current borrower may have changed in the session.
-    _session_changes = Change.NONE
+    # What the current borrower may have changed in the session, and what is
+    # undone on return whatever it is (Change.ALL for session_reset="always").
+    _session_changes = 0  # Change bits, as an int (see session.Change)
+    _session_undo_always = 0
+    _session_detect = False
     _session_dialect: Dialect
 
     settings_dict: dict[str, Any]
@@ -82,8 +85,17 @@ class PooledWrapperMixin:
                     f"would close every connection on return: {self.vendor} sessions cannot "
                     "be reset in place; use 'detected' or 'never'"
                 )
-            if mode == "detected":
+            if mode == "always":
+                self._session_undo_always = int(Change.ALL)
+            self._session_detect = mode == "detected"
+            if self._session_detect:
                 self.execute_wrappers.append(self._note_session_changes)
+
+    def chunked_cursor(self) -> Any:
+        cursor = super().chunked_cursor()  # type: ignore[misc]
+        if self._session_detect and self._pool_entry is not None:  # borrowed by now
+            self._session_changes |= int(self._session_dialect.chunked_cursor_change)
+        return cursor
 
     def _note_session_changes(
         self, execute: Any, sql: Any, params: Any, many: bool, context: Any
@@ -115,7 +127,7 @@ class PooledWrapperMixin:
         self.close_at = time.monotonic()  # CONN_MAX_AGE is 0 with pooling
         self.closed_in_transaction = False
         self.errors_occurred = False
-        self._session_changes = Change.NONE
+        self._session_changes = 0
         self.connection = self.get_new_connection({})
         self.autocommit = self.settings_dict["AUTOCOMMIT"]
         connection_created.send(sender=self.__class__, connection=self)
@@ -131,7 +143,7 @@ class PooledWrapperMixin:
         except PoolError as exc:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
-        self._session_changes = Change.NONE
+        self._session_changes = 0
         self.__dict__.update(entry.wrapper_state)
         # The pool validated it (every checkout when CONN_HEALTH_CHECKS is on).
         self.health_check_done = True
@@ -157,34 +169,30 @@ class PooledWrapperMixin:
         if conn is None:
             return None
         discard = False
-        if not self._restore_for_reuse():
+        if (
+            self.errors_occurred or self.autocommit != self.settings_dict["AUTOCOMMIT"]
+        ) and not self._restore_for_reuse():
             # Broken: close it, and the pool discards and replaces it.
             with contextlib.suppress(Exception):
                 conn.close()
         else:
-            changes = self._changes_to_undo()
+            changes = self._session_changes | self._session_undo_always
             if changes:
                 discard = not self._reset_session(changes)
                 entry.count_session(reset=not discard)
                 logger.debug(
                     "database %r: session changed (%s): %s",
                     self.alias,
-                    changes,
+                    Change(changes).name,
                     "closed and replaced" if discard else "reset",
                 )
         self.connection = None
-        with self.wrap_database_errors:  # type: ignore[attr-defined]
-            entry.pool.putconn(conn, discard=discard)
+        # The pool handles the driver's errors itself (a failed rollback
+        # discards the connection): nothing to wrap.
+        entry.pool.putconn(conn, discard=discard)
         return None
 
-    def _changes_to_undo(self) -> Change:
-        assert self.pool_options is not None
-        mode = self.pool_options.session_reset
-        if mode == "detected":
-            return self._session_changes
-        return Change.ALL if mode == "always" else Change.NONE
-
-    def _reset_session(self, changes: Change) -> bool:
+    def _reset_session(self, changes: int) -> bool:
         """Undo ``changes`` on the borrowed connection, in one round trip; False if it can't.
 
         Settings come back to the connection's defaults, so Django's
@@ -199,7 +207,14 @@ class PooledWrapperMixin:
             with conn.cursor() as cursor:
                 cursor.execute(dialect.reset_sql(changes))
             if changes & (Change.SETTINGS | Change.OTHER):
+                # Settings are back to the connection's defaults: set up again
+                # what Django and the ``configure`` hook set when it was opened.
                 super().init_connection_state()  # type: ignore[misc]
+                configure = (
+                    self.pool_options.engine.get("configure") if self.pool_options else None
+                )
+                if configure is not None:
+                    configure(conn)
             if not self.autocommit:
                 conn.commit()
         except Exception:

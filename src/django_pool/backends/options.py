@@ -89,7 +89,7 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
             f"{', '.join(map(repr, SESSION_RESET_CHOICES))}, got {session_reset!r}"
         )
     arguments: dict[str, Any] = {}
-    if options.pop(_CHECK, None) is not None:
+    if options.pop(_CHECK, None):  # psycopg_pool's check callable, or True
         arguments["validate_after"] = 0
     if settings_dict.get("CONN_HEALTH_CHECKS"):
         arguments.setdefault("validate_after", 0)

@@ -1,6 +1,6 @@
 """The process's pools: one per database alias, shared by every thread and task.
 
-A pool is keyed by its alias *and* by what it connects to (name, host, user,
+A pool is keyed by its alias *and* by the alias's settings (name, host, user,
 options...). When the test runner renames the database to ``test_...``, or an
 override changes the settings, the old pool is closed and a new one is made:
 a pool made for the real database can never serve the tests' queries.
@@ -18,7 +18,7 @@ import atexit
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,7 @@ WRAPPER_STATE = ("isolation_level",)
 class PoolEntry:
     """A pool and what the Django layer keeps beside it."""
 
-    key: tuple[Any, ...]
+    key: dict[str, Any]  # the alias's settings the pool was made with
     pool: Pool
     wrapper_state: dict[str, Any] = field(default_factory=dict)
     # Returned connections whose session state was reset, or closed because it
@@ -68,28 +68,18 @@ _entries: dict[str, PoolEntry] = {}
 _lock = threading.Lock()
 
 
-def connection_key(settings_dict: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a pool connects to: a change in any of these needs another pool."""
-    return (
-        settings_dict["NAME"],
-        settings_dict["USER"],
-        settings_dict["PASSWORD"],
-        settings_dict["HOST"],
-        settings_dict["PORT"],
-        settings_dict["TIME_ZONE"],
-        settings_dict["OPTIONS"],  # compared with ==, never hashed
-    )
-
-
 def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
     """The pool entry for the wrapper's alias and settings, made on first use.
 
-    Made once even when many threads ask at the same moment.
+    Made once even when many threads ask at the same moment. Any change to the
+    settings (the test runner renames the database in place) makes a new pool;
+    comparing the whole dict is also the cheapest check on every checkout.
     """
-    key = connection_key(wrapper.settings_dict)
     entry = _entries.get(wrapper.alias)
-    if entry is not None and entry.key == key:
+    if entry is not None and entry.key == wrapper.settings_dict:
         return entry
+    # A copy, so that changes made in place are seen; OPTIONS too.
+    key = {**wrapper.settings_dict, "OPTIONS": dict(wrapper.settings_dict["OPTIONS"])}
     replaced = None
     with _lock:
         entry = _entries.get(wrapper.alias)
@@ -102,7 +92,7 @@ def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
     return entry
 
 
-def _new_entry(wrapper: PooledWrapperMixin, key: tuple[Any, ...]) -> PoolEntry:
+def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
     settings_dict = dict(wrapper.settings_dict)
     alias = wrapper.alias
     wrapper_class = type(wrapper)
