@@ -274,7 +274,7 @@ class Pool:
         """
         now = start = monotonic()
         deadline = start + (self.timeout if timeout is None else timeout)
-        requests = 1
+        requests = 1  # counted once, however many times the loop runs
         while True:
             with self._lock:
                 self._requests_num += requests

@@ -76,25 +76,24 @@ class Dialect:
         self._switches = [(pattern, on, int(bit)) for pattern, on, bit in self.switches]
         words = "|".join(sorted(self._leading_change, key=len, reverse=True))
         self._leading_re = re.compile(rf"\s*({words})\b", re.IGNORECASE)
-        # One search finds whether any needle is there at all (rarely).
-        needles = "|".join(re.escape(needle) for needle, _, _ in self.anywhere)
-        self._needles_re = re.compile(needles or r"(?!)", re.IGNORECASE)
+        self._leading_words = tuple(self._leading_change)
 
     def after(self, state: int, sql: object) -> int:
         """What the session holds after running ``sql`` on one that held ``state``."""
         if not isinstance(sql, str):
             # psycopg's sql.Composed and the like: not worth rendering to scan.
             return state | _OTHER
+        # Plain string operations first: a case-insensitive regex costs more
+        # than the rest of the pool's work on a request.
         if ";" in sql:
             for statement in sql.split(";"):
                 state = self._after_statement(state, statement)
-        elif self._leading_re.match(sql) is not None:
+        elif sql[:64].lstrip()[:8].upper().startswith(self._leading_words):
             state = self._after_statement(state, sql)
-        if self._needles_re.search(sql) is not None:
-            lowered = sql.lower()
-            for needle, confirm, change in self._anywhere:
-                if needle in lowered and (confirm is None or confirm.search(sql)):
-                    state |= change
+        lowered = sql.lower()
+        for needle, confirm, change in self._anywhere:
+            if needle in lowered and (confirm is None or confirm.search(sql)):
+                state |= change
         return state
 
     def _after_statement(self, state: int, statement: str) -> int:

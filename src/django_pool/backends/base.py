@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -115,16 +114,16 @@ class PooledWrapperMixin:
         if self.pool_options is None or self.run_commit_hooks_on_set_autocommit_on:
             # Unpooled, or commit hooks that Django's set_autocommit() must run.
             return super().connect()  # type: ignore[misc, no-any-return]
-        # Django's connect(), less the steps a pooled connection had done once
-        # when it was opened: connection parameters, set_autocommit() and
-        # init_connection_state(). The same in Django 4.2 to 6.1.
-        self.check_settings()  # type: ignore[attr-defined]
+        # Django's connect(), less the steps done once per pool or per
+        # connection: check_settings() (when the pool is made), connection
+        # parameters, set_autocommit() and init_connection_state() (when the
+        # connection is opened). The same in Django 4.2 to 6.1.
         self.in_atomic_block = False
         self.savepoint_ids: list[str] = []
         self.atomic_blocks: list[Any] = []
         self.needs_rollback = False
         self.health_check_enabled = self.settings_dict["CONN_HEALTH_CHECKS"]
-        self.close_at = time.monotonic()  # CONN_MAX_AGE is 0 with pooling
+        self.close_at = 0.0  # due at once: CONN_MAX_AGE is 0 with pooling
         self.closed_in_transaction = False
         self.errors_occurred = False
         self._session_changes = 0
@@ -154,6 +153,8 @@ class PooledWrapperMixin:
             super().init_connection_state()  # type: ignore[misc]
 
     def close_if_unusable_or_obsolete(self) -> None:
+        if self.connection is None:  # as at the start of every request
+            return None
         if self._pool_entry is None:
             return super().close_if_unusable_or_obsolete()  # type: ignore[misc, no-any-return]
         # CONN_MAX_AGE is 0, so Django would close it whatever its state;

@@ -78,6 +78,8 @@ def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
     entry = _entries.get(wrapper.alias)
     if entry is not None and entry.key == wrapper.settings_dict:
         return entry
+    # Django checks these settings on every connect(); a pooled checkout, once per pool.
+    wrapper.check_settings()  # type: ignore[attr-defined]
     # A copy, so that changes made in place are seen; OPTIONS too.
     key = {**wrapper.settings_dict, "OPTIONS": dict(wrapper.settings_dict["OPTIONS"])}
     replaced = None
