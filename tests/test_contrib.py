@@ -30,21 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from django_pool import PoolTimeout, get_stats
 from django_pool.backends import close_pools, get_pool, pools
 from django_pool.contrib.prometheus import DjangoPoolCollector, register
+from tests.databases import ALIASES, django_db
 from tests.djangoapp.models import Item
 
-ALIASES = [
-    pytest.param("default", id="postgresql"),
-    pytest.param(
-        "mysql",
-        id="mysql",
-        marks=pytest.mark.skipif(
-            "mysql" not in settings.DATABASES, reason="no MySQL/MariaDB server answered"
-        ),
-    ),
-]
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
-if "mysql" not in settings.DATABASES:
-    pytestmark = pytest.mark.django_db(transaction=True, databases=["default"])
+pytestmark = django_db
 
 # What each metric must report, written out here rather than taken from the
 # module, so that a metric wired to the wrong key fails.

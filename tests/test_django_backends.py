@@ -19,21 +19,10 @@ from django.db.utils import load_backend
 
 from django_pool.backends import close_pools, get_pool
 from django_pool.threads import PooledThreadPoolExecutor, returns_connections
+from tests.databases import ALIASES, django_db
 from tests.djangoapp.models import Item
 
-ALIASES = [
-    pytest.param("default", id="postgresql"),
-    pytest.param(
-        "mysql",
-        id="mysql",
-        marks=pytest.mark.skipif(
-            "mysql" not in settings.DATABASES, reason="no MySQL/MariaDB server answered"
-        ),
-    ),
-]
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
-if "mysql" not in settings.DATABASES:
-    pytestmark = pytest.mark.django_db(transaction=True, databases=["default"])
+pytestmark = django_db
 
 
 def session_id(alias: str) -> int:

@@ -27,6 +27,7 @@ from django_pool.backends import (
     close_pools,
     get_stats,
 )
+from tests.databases import needs_mysql
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SECRET = "s3cret-pw-do-not-log"
@@ -85,7 +86,7 @@ def test_a_database_that_refuses_gives_the_servers_reason_without_the_password(c
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.skipif("mysql" not in settings.DATABASES, reason="no MySQL/MariaDB server answered")
+@needs_mysql
 def test_mysql_wrong_password_is_reported_without_it(caplog):
     caplog.set_level(logging.DEBUG, logger="django_pool")
     pool = {"min_size": 1, "timeout": 1}

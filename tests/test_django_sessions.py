@@ -13,19 +13,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from django_pool.backends import close_pools, get_stats
+from tests.databases import django_db, needs_mysql
 from tests.wire import WireCounter
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "mysql"])
-if "mysql" not in settings.DATABASES:
-    pytestmark = pytest.mark.django_db(transaction=True, databases=["default"])
-needs_mysql = pytest.mark.skipif(
-    "mysql" not in settings.DATABASES, reason="no MySQL/MariaDB server answered"
-)
+pytestmark = django_db
 
 
 @contextmanager
