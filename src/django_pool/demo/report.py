@@ -9,6 +9,7 @@ that tell the modes apart, grouped by server and number of clients.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -189,7 +190,8 @@ def write_chart(report: Report, path: Path, title: str) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
     axes.flat[0].legend(fontsize=9)
-    fig.suptitle(title, fontsize=12)
+    # Long setup lines would run off the figure's edges.
+    fig.suptitle("\n".join(textwrap.fill(line, 130) for line in title.splitlines()), fontsize=12)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
