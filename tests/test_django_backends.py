@@ -82,6 +82,7 @@ def test_connection_goes_back_to_the_pool_at_the_end_of_a_request(alias):
 
 @pytest.mark.parametrize("alias", ALIASES)
 def test_connection_comes_back_clean(alias):
+    close_pools(alias)  # counters from this test only
     transaction.set_autocommit(False, using=alias)
     Item.objects.using(alias).create(name="uncommitted")
     connections[alias].close()  # mid-transaction, autocommit off
@@ -94,6 +95,7 @@ def test_connection_comes_back_clean(alias):
 def test_autocommit_left_off_is_restored_on_the_same_session(alias):
     # A checkout trusts the connection's autocommit mode without setting it, so
     # the return must restore it at the driver, not only in Django's wrapper.
+    close_pools(alias)  # counters from this test only
     before = session_id(alias)
     transaction.set_autocommit(False, using=alias)
     Item.objects.using(alias).create(name="uncommitted")
