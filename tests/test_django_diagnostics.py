@@ -26,6 +26,7 @@ from django_pool.backends import (
     TooManyRequestsError,
     close_pools,
     get_stats,
+    pools,
 )
 from tests.databases import needs_mysql
 
@@ -170,3 +171,12 @@ def test_a_leaked_connection_is_logged_with_the_code_that_took_it(caplog):
     assert "hold_a_connection_in_a_view" in reports[0].getMessage()
     assert "wrapper.ensure_connection()" in reports[0].getMessage()
     assert any("came back" in r.getMessage() for r in caplog.records)
+
+
+def test_no_password_in_the_pools_reprs_or_stats():
+    with pooled_wrappers("secret", 1, PASSWORD=SECRET, pool={"min_size": 1}) as (wrapper,):
+        wrapper.ensure_connection()  # trust auth: the password is sent, not checked
+        entry = pools._entries["secret"]
+        shown = [repr(entry), repr(entry.pool), str(get_stats("secret"))]
+        assert all(SECRET not in text for text in shown)
+        assert entry.key["PASSWORD"] == SECRET  # it is there, only never shown

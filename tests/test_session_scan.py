@@ -87,6 +87,4 @@ def test_postgresql_reset_undoes_exactly_what_changed():
 
 
 def test_mysql_cannot_reset_in_place():
-    assert not DIALECTS["mysql"].can_reset
-    with pytest.raises(NotImplementedError):
-        DIALECTS["mysql"].reset_sql(C.SETTINGS)
+    assert DIALECTS["mysql"].reset_sql(C.SETTINGS) is None

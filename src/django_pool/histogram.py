@@ -37,23 +37,24 @@ class HistogramSnapshot:
 class Histogram:
     """Counts of observations per bucket of :data:`BOUNDS`; not thread-safe by itself."""
 
-    __slots__ = ("_counts", "_total")
+    __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
-        self._counts = [0] * (len(BOUNDS) + 1)
-        self._total = 0.0
+        # Public so that the pool's return path can observe inline, without a call.
+        self.counts = [0] * (len(BOUNDS) + 1)
+        self.total = 0.0
 
     def observe(self, seconds: float) -> None:
-        self._counts[bisect_left(BOUNDS, seconds)] += 1
-        self._total += seconds
+        self.counts[bisect_left(BOUNDS, seconds)] += 1
+        self.total += seconds
 
     def forget(self, seconds: float) -> None:
         """Take back an :meth:`observe` of the same value."""
-        self._counts[bisect_left(BOUNDS, seconds)] -= 1
-        self._total -= seconds
+        self.counts[bisect_left(BOUNDS, seconds)] -= 1
+        self.total -= seconds
 
     def snapshot(self, zeros: int = 0) -> HistogramSnapshot:
         """A copy, with ``zeros`` more observations of 0 counted elsewhere."""
-        counts = list(self._counts)
+        counts = list(self.counts)
         counts[0] += zeros
-        return HistogramSnapshot(BOUNDS, tuple(counts), self._total)
+        return HistogramSnapshot(BOUNDS, tuple(counts), self.total)

@@ -31,6 +31,7 @@ import random
 import sys
 import threading
 import traceback
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from typing import Any
 from . import fork
 from .adapters import BROKEN, IDLE, Adapter, adapter_for
 from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
-from .histogram import Histogram, HistogramSnapshot
+from .histogram import BOUNDS, Histogram, HistogramSnapshot
 from .redact import redact
 
 logger = logging.getLogger("django_pool")
@@ -69,7 +70,6 @@ class _Slot:
         "leak_reported",
         "lent_at",
         "taken_by",
-        "waited",
     )
 
     def __init__(self, conn: Any, now: float, expires_at: float, generation: int) -> None:
@@ -80,7 +80,6 @@ class _Slot:
         # returned. While the slot is idle, that is also when it became idle.
         self.last_ok = now
         self.lent_at = now
-        self.waited = 0.0  # how long the borrower waited for it (for the stats)
         # Leak detection: where the borrower took it, and whether it was reported.
         self.taken_by: list[tuple[CodeType, int]] | None = None
         self.leak_reported = False
@@ -235,16 +234,16 @@ class Pool:
         self._pid = os.getpid()
         # Never reset by pop_stats(): Prometheus expects them to only grow.
         self._wait_histogram = Histogram()
-        self._immediate_waits = 0  # the wait histogram's zeros, counted apart: cheaper
         self._usage_histogram = Histogram()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
         self._requests_num = 0
         self._requests_queued = 0
-        self._requests_wait = 0.0
+        # requests_wait_ms and usage_ms: the histograms' sums since the last pop_stats().
+        self._requests_wait_since = self._wait_histogram.total
         self._requests_errors = 0
-        self._usage = 0.0
+        self._usage_since = self._usage_histogram.total
         self._returns_bad = 0
         self._connections_num = 0
         self._connections_time = 0.0
@@ -275,6 +274,9 @@ class Pool:
         now = start = monotonic()
         deadline = start + (self.timeout if timeout is None else timeout)
         requests = 1  # counted once, however many times the loop runs
+        # The wait recorded for the slot in hand, taken back if it is unfit. A
+        # request served at once records nothing: get_histograms() counts those.
+        recorded = None
         while True:
             with self._lock:
                 self._requests_num += requests
@@ -283,16 +285,15 @@ class Pool:
                     slot = self._idle.pop()
                     self._lent[id(slot.conn)] = slot
                     slot.lent_at = start
-                    if requests:
-                        slot.waited = 0.0
-                        self._immediate_waits += 1
-                    else:  # a retry (the first connection was unfit) waited meanwhile
-                        self._record_wait_locked(slot, monotonic() - start)
+                    if not requests:  # a retry (the first connection was unfit) waited
+                        recorded = monotonic() - start
+                        self._wait_histogram.observe(recorded)
                     waiter = None
                 else:
                     waiter = self._enqueue_locked(start, requests)
             if waiter is not None:
                 slot = self._wait_for(waiter, deadline)
+                recorded = slot.lent_at - start  # as _hand_over_locked recorded it
                 now = monotonic()
             requests = 0
             if now < slot.expires_at and slot.generation == self._generation:
@@ -309,14 +310,14 @@ class Pool:
                         self.name,
                         self._redact(str(exc)),
                     )
-                    self._drop_lent(slot, lost=True)
+                    self._drop_lent(slot, lost=True, recorded=recorded)
                 else:
                     slot.last_ok = monotonic()
                     if self.leak_threshold is not None:
                         _note_taker(slot)
                     return slot.conn
             else:
-                self._drop_lent(slot, lost=False)
+                self._drop_lent(slot, lost=False, recorded=recorded)
             now = monotonic()
 
     def _enqueue_locked(self, start: float, requests: int) -> _Waiter:
@@ -409,10 +410,9 @@ class Pool:
         with self._lock:
             del self._lent[key]
             usage = now - slot.lent_at
-            self._usage += usage
-            self._usage_histogram.observe(usage)
-            average = self._usage_avg
-            self._usage_avg = average + _EWMA_WEIGHT * (usage - average) if average else usage
+            histogram = self._usage_histogram  # observed inline: every return runs this
+            histogram.counts[bisect_left(BOUNDS, usage)] += 1
+            histogram.total += usage
             if (
                 good
                 and now < slot.expires_at
@@ -422,6 +422,8 @@ class Pool:
             ):
                 slot.last_ok = now
                 if self._waiters:
+                    # Usage steers growth only while requests queue: sampled then.
+                    self._usage_avg = _ewma(self._usage_avg, usage)
                     self._hand_over_locked(slot, now)
                 else:
                     self._idle.append(slot)
@@ -492,26 +494,18 @@ class Pool:
             waiter = self._waiters.popleft()
             self._lent[id(slot.conn)] = slot
             slot.lent_at = now
-            self._record_wait_locked(slot, now - waiter.since)
+            self._wait_histogram.observe(now - waiter.since)
             waiter.slot = slot
             waiter.ready.release()
         else:
             self._idle.append(slot)
 
-    def _record_wait_locked(self, slot: _Slot, wait: float) -> None:
-        slot.waited = wait
-        self._requests_wait += wait
-        self._wait_histogram.observe(wait)
-
-    def _drop_lent(self, slot: _Slot, lost: bool) -> None:
+    def _drop_lent(self, slot: _Slot, lost: bool, recorded: float | None) -> None:
         """Close a connection taken by getconn but found unfit to lend."""
         with self._lock:
             # getconn goes on waiting: its wait is recorded when it is served.
-            if slot.waited:
-                self._requests_wait -= slot.waited
-                self._wait_histogram.forget(slot.waited)
-            else:
-                self._immediate_waits -= 1
+            if recorded is not None:
+                self._wait_histogram.forget(recorded)
             del self._lent[id(slot.conn)]
             self._nconns -= 1
             if lost:
@@ -898,7 +892,13 @@ class Pool:
         started in this process. Unlike the counters they are never reset."""
         with self._lock:
             return {
-                "wait": self._wait_histogram.snapshot(zeros=self._immediate_waits),
+                # Checkouts served (returned or still out) less those with a
+                # recorded wait: the ones served at once, with a zero wait.
+                "wait": self._wait_histogram.snapshot(
+                    zeros=sum(self._usage_histogram.counts)
+                    + len(self._lent)
+                    - sum(self._wait_histogram.counts)
+                ),
                 "usage": self._usage_histogram.snapshot(),
             }
 
@@ -913,9 +913,11 @@ class Pool:
             "requests_waiting": len(self._waiters),
             "requests_num": self._requests_num,
             "requests_queued": self._requests_queued,
-            "requests_wait_ms": round(self._requests_wait * 1000),
+            "requests_wait_ms": round(
+                (self._wait_histogram.total - self._requests_wait_since) * 1000
+            ),
             "requests_errors": self._requests_errors,
-            "usage_ms": round(self._usage * 1000),
+            "usage_ms": round((self._usage_histogram.total - self._usage_since) * 1000),
             "returns_bad": self._returns_bad,
             "connections_num": self._connections_num,
             "connections_ms": round(self._connections_time * 1000),

@@ -61,9 +61,6 @@ class Dialect:
     #: Lower-case substrings that may change the session anywhere in a statement,
     #: each with a pattern that confirms it (None: the substring is enough).
     anywhere: tuple[tuple[str, re.Pattern[str] | None, Change], ...] = ()
-    #: True when :meth:`reset_sql` can clean the session; otherwise a changed
-    #: session is closed and replaced.
-    can_reset = False
     #: What a server-side cursor (Django's ``chunked_cursor()``, behind
     #: ``.iterator()``) may leave behind if it is not read to the end.
     chunked_cursor_change = Change.NONE
@@ -114,9 +111,13 @@ class Dialect:
                 return state & ~bit if switch[1].upper() in defaults else state | bit
         return state | _SETTINGS
 
-    def reset_sql(self, changes: int) -> str:
-        """One string of statements that undoes ``changes``, sent in one round trip."""
-        raise NotImplementedError(f"{type(self).__name__} cannot reset a session")
+    def reset_sql(self, changes: int) -> str | None:
+        """One string of statements that undoes ``changes``, sent in one round trip.
+
+        None when the session cannot be cleaned in place: it is then closed
+        and replaced.
+        """
+        return None
 
 
 class PostgreSQL(Dialect):
@@ -150,7 +151,6 @@ class PostgreSQL(Dialect):
             Change.TEMP,
         ),
     )
-    can_reset = True
 
     def reset_sql(self, changes: int) -> str:
         statements = []

@@ -78,7 +78,7 @@ class PooledWrapperMixin:
         if self.pool_options is not None:
             self._session_dialect = DIALECTS[self.vendor]
             mode = self.pool_options.session_reset
-            if mode == "always" and not self._session_dialect.can_reset:
+            if mode == "always" and self._session_dialect.reset_sql(Change.ALL) is None:
                 raise ImproperlyConfigured(
                     f"DATABASES[{alias!r}]['OPTIONS']['pool']: session_reset='always' "
                     f"would close every connection on return: {self.vendor} sessions cannot "
@@ -126,8 +126,7 @@ class PooledWrapperMixin:
         self.close_at = 0.0  # due at once: CONN_MAX_AGE is 0 with pooling
         self.closed_in_transaction = False
         self.errors_occurred = False
-        self._session_changes = 0
-        self.connection = self.get_new_connection({})
+        self.connection = self.get_new_connection({})  # also clears _session_changes
         self.autocommit = self.settings_dict["AUTOCOMMIT"]
         connection_created.send(sender=self.__class__, connection=self)
         self.run_on_commit: list[Any] = []
@@ -199,21 +198,20 @@ class PooledWrapperMixin:
         Settings come back to the connection's defaults, so Django's
         per-connection setup (time zone, role...) is run again after.
         """
-        dialect = self._session_dialect
-        if not dialect.can_reset:
+        sql = self._session_dialect.reset_sql(changes)
+        if sql is None:
             return False
         conn = self.connection
         try:
             conn.rollback()  # no round trip unless a transaction is open
             with conn.cursor() as cursor:
-                cursor.execute(dialect.reset_sql(changes))
+                cursor.execute(sql)
             if changes & (Change.SETTINGS | Change.OTHER):
                 # Settings are back to the connection's defaults: set up again
                 # what Django and the ``configure`` hook set when it was opened.
                 super().init_connection_state()  # type: ignore[misc]
-                configure = (
-                    self.pool_options.engine.get("configure") if self.pool_options else None
-                )
+                assert self.pool_options is not None  # borrowed, so pooled
+                configure = self.pool_options.engine.get("configure")
                 if configure is not None:
                     configure(conn)
             if not self.autocommit:

@@ -40,7 +40,8 @@ WRAPPER_STATE = ("isolation_level",)
 class PoolEntry:
     """A pool and what the Django layer keeps beside it."""
 
-    key: dict[str, Any]  # the alias's settings the pool was made with
+    # The alias's settings the pool was made with; never shown (the password).
+    key: dict[str, Any] = field(repr=False)
     pool: Pool
     wrapper_state: dict[str, Any] = field(default_factory=dict)
     # Returned connections whose session state was reset, or closed because it
