@@ -7,6 +7,7 @@ test_pool_mysql.py.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -582,16 +583,37 @@ def take_and_hold(pool: Pool) -> Any:
     return pool.getconn()
 
 
-def test_a_connection_held_too_long_is_reported_with_its_taker(make_pool, caplog):
-    pool, _ = make_pool(min_size=1, leak_threshold=0.2)
+@pytest.mark.parametrize(
+    "served",
+    [
+        "idle",  # the top of the idle stack, lent at once
+        "pinged",  # idle, but checked first (validate_after=0)
+        "opened",  # nothing idle: the request waits for a new connection
+    ],
+)
+def test_a_connection_held_too_long_is_reported_with_its_taker(make_pool, caplog, served):
+    pool, _ = make_pool(
+        min_size=0 if served == "opened" else 1,
+        max_size=1,
+        leak_threshold=0.2,
+        validate_after=0 if served == "pinged" else 0.5,
+    )
     pool.wait()
     caplog.set_level("INFO", logger="django_pool")
     conn = take_and_hold(pool)
-    wait_until(lambda: pool.get_stats()["leaks_detected"] == 1, timeout=3)
-    warnings = [r for r in caplog.records if "leak_threshold" in r.getMessage()]
+
+    def leak_warnings() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "leak_threshold" in r.getMessage()]
+
+    # Counted under the pool's lock, logged just after: wait for the log.
+    wait_until(lambda: bool(leak_warnings()), timeout=3)
+    assert pool.get_stats()["leaks_detected"] == 1
+    warnings = leak_warnings()
     assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
-    assert "take_and_hold" in warnings[0].getMessage()
-    assert "return pool.getconn()" in warnings[0].getMessage()  # the source line
+    message = warnings[0].getMessage()
+    assert "take_and_hold" in message
+    assert "return pool.getconn()" in message  # the source line
+    assert "django_pool/pool.py" not in message  # the stack starts at the taker
     time.sleep(0.3)
     assert pool.get_stats()["leaks_detected"] == 1  # reported once per checkout
     pool.putconn(conn)

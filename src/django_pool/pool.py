@@ -271,36 +271,56 @@ class Pool:
         seen, is pinged first and replaced if the ping fails, all within the
         same deadline.
         """
-        now = start = monotonic()
+        start = monotonic()
+        slot: _Slot | None = None
+        with self._lock:
+            self._requests_num += 1
+            if self._idle:  # idle connections exist only while the pool is open
+                slot = self._idle.pop()
+                self._lent[id(slot.conn)] = slot
+                slot.lent_at = start
+        if (
+            slot is not None
+            and start < slot.expires_at
+            and slot.generation == self._generation
+            and slot.last_ok >= start - self._validate_window
+            and slot.last_ok >= self._distrust_before
+        ):
+            if self.leak_threshold is not None:
+                _note_taker(slot)
+            return slot.conn
+        return self._getconn_checked(slot, start, timeout)
+
+    def _getconn_checked(self, slot: _Slot | None, start: float, timeout: float | None) -> Any:
+        """The rest of :meth:`getconn`: ``slot`` needs a check, or nothing was idle (None)."""
         deadline = start + (self.timeout if timeout is None else timeout)
-        requests = 1  # counted once, however many times the loop runs
+        queued = 0  # a request is counted as queued once, however often it waits
         # The wait recorded for the slot in hand, taken back if it is unfit. A
         # request served at once records nothing: get_histograms() counts those.
         recorded = None
         while True:
-            with self._lock:
-                self._requests_num += requests
-                # Idle connections exist only while the pool is open.
-                if self._idle:
-                    slot = self._idle.pop()
-                    self._lent[id(slot.conn)] = slot
-                    slot.lent_at = start
-                    if not requests:  # a retry (the first connection was unfit) waited
+            if slot is None:
+                with self._lock:
+                    if self._idle:
+                        slot = self._idle.pop()
+                        self._lent[id(slot.conn)] = slot
+                        slot.lent_at = start
                         recorded = monotonic() - start
                         self._wait_histogram.observe(recorded)
-                    waiter = None
-                else:
-                    waiter = self._enqueue_locked(start, requests)
-            if waiter is not None:
-                slot = self._wait_for(waiter, deadline)
-                recorded = slot.lent_at - start  # as _hand_over_locked recorded it
-                now = monotonic()
-            requests = 0
+                        waiter = None
+                    else:
+                        waiter = self._enqueue_locked(start, 1 - queued)
+                        queued = 1
+                if waiter is not None:
+                    slot = self._wait_for(waiter, deadline)
+                    recorded = slot.lent_at - start  # as _hand_over_locked recorded it
+            assert slot is not None
+            now = monotonic()
             if now < slot.expires_at and slot.generation == self._generation:
                 last_ok = slot.last_ok
                 if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
                     if self.leak_threshold is not None:
-                        _note_taker(slot)
+                        _note_taker(slot, 3)
                     return slot.conn
                 try:
                     self._adapter_of(slot.conn).ping(slot.conn)
@@ -314,11 +334,11 @@ class Pool:
                 else:
                     slot.last_ok = monotonic()
                     if self.leak_threshold is not None:
-                        _note_taker(slot)
+                        _note_taker(slot, 3)
                     return slot.conn
             else:
                 self._drop_lent(slot, lost=False, recorded=recorded)
-            now = monotonic()
+            slot = recorded = None
 
     def _enqueue_locked(self, start: float, requests: int) -> _Waiter:
         """Queue a request that found nothing idle, and start whatever threads it needs."""
@@ -401,7 +421,7 @@ class Pool:
                 monotonic() - slot.lent_at,
             )
         if discard:
-            state, good = IDLE, False
+            good = False
         else:
             # Every lent connection was opened by a connector, which set the adapter.
             state = self._adapter.state(conn)  # type: ignore[union-attr]
@@ -946,13 +966,15 @@ class Pool:
         return redact(text, self._secrets)
 
 
-def _note_taker(slot: _Slot) -> None:
+def _note_taker(slot: _Slot, depth: int = 2) -> None:
     """Record who is taking ``slot``: the frames above ``getconn``, as (code, line).
+
+    ``depth`` is how far up the caller of ``getconn`` is from here.
 
     Cheaper than ``traceback.extract_stack()``, which reads source lines; those
     are looked up only if a leak is reported.
     """
-    frame = sys._getframe(2)
+    frame = sys._getframe(depth)
     stack = []
     while frame is not None:
         stack.append((frame.f_code, frame.f_lineno))

@@ -9,7 +9,9 @@ Resetting every returned connection costs a round trip per request, so the
 statements a borrower sends are scanned instead (:meth:`Dialect.after`), and
 only a connection whose session changed is reset on its way back
 (:meth:`Dialect.reset_sql`). The scan is a handful of substring tests and an
-anchored match: about a microsecond per statement. It errs on the side of
+anchored match, about a microsecond per statement, and its result is kept
+per statement text (the ORM sends the same few texts over and over), so a
+statement seen before costs one dict lookup. It errs on the side of
 resetting: a word like ``temp`` or ``set_config`` inside a string literal
 costs one unneeded reset, never a leak. Changes made without going through
 the scanned path (on the raw driver connection) are not seen; the
@@ -45,6 +47,12 @@ class Change(enum.IntFlag):
 
 _OTHER = int(Change.OTHER)
 _SETTINGS = int(Change.SETTINGS)
+_ALL = int(Change.ALL)
+
+# Statements remembered per dialect (Dialect.known), and the longest remembered:
+# at most about 2 MB of text, and a full memo simply starts again.
+_KNOWN_MAX = 1024
+_KNOWN_MAX_LENGTH = 2048
 
 
 class Dialect:
@@ -74,12 +82,28 @@ class Dialect:
         words = "|".join(sorted(self._leading_change, key=len, reverse=True))
         self._leading_re = re.compile(rf"\s*({words})\b", re.IGNORECASE)
         self._leading_words = tuple(self._leading_change)
+        #: Statement texts seen before whose only effect is to set these bits
+        #: (those that clear one, like a switch turned back on, are not kept):
+        #: the hot path looks here first, ``state | known[sql]``, and calls
+        #: :meth:`after` on a miss.
+        self.known: dict[str, int] = {}
 
     def after(self, state: int, sql: object) -> int:
         """What the session holds after running ``sql`` on one that held ``state``."""
         if not isinstance(sql, str):
             # psycopg's sql.Composed and the like: not worth rendering to scan.
             return state | _OTHER
+        if len(sql) > _KNOWN_MAX_LENGTH:
+            return self._scan(state, sql)
+        bits = self._scan(0, sql)
+        if self._scan(_ALL, sql) != _ALL:  # it clears a bit: depends on the state
+            return self._scan(state, sql)
+        if len(self.known) >= _KNOWN_MAX:
+            self.known.clear()
+        self.known[sql] = bits
+        return state | bits
+
+    def _scan(self, state: int, sql: str) -> int:
         # Plain string operations first: a case-insensitive regex costs more
         # than the rest of the pool's work on a request.
         if ";" in sql:

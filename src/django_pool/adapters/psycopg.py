@@ -9,8 +9,8 @@ from psycopg import pq
 
 from .base import BROKEN, IDLE, IN_TRANSACTION, Adapter, is_pg_disconnect_code
 
-_IDLE = pq.TransactionStatus.IDLE
-_ACTIVE = pq.TransactionStatus.ACTIVE
+_IDLE = int(pq.TransactionStatus.IDLE)
+_OPEN_TRANSACTION = frozenset({pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR})
 _BAD = pq.ConnStatus.BAD
 
 
@@ -18,16 +18,17 @@ class PsycopgAdapter(Adapter):
     name = "psycopg"
 
     def state(self, conn: Any) -> int:
-        pgconn = conn.pgconn
-        # Closed and broken (connection lost) both leave libpq's status BAD.
-        if pgconn.status == _BAD:
-            return BROKEN
-        status = pgconn.transaction_status
+        # libpq reports IDLE only for a good connection (UNKNOWN once it is
+        # closed or lost), so the usual answer takes one look.
+        status = conn.pgconn.transaction_status
         if status == _IDLE:
             return IDLE
-        # ACTIVE means a query is still running (e.g. an unconsumed COPY or a
-        # result being streamed): there is no safe way to reuse such a session.
-        return BROKEN if status == _ACTIVE else IN_TRANSACTION
+        if status in _OPEN_TRANSACTION:
+            return IN_TRANSACTION
+        # UNKNOWN (closed or lost), or ACTIVE: a query is still running (an
+        # unconsumed COPY, a result being streamed), and there is no safe way
+        # to reuse such a session.
+        return BROKEN
 
     def ping(self, conn: Any) -> None:
         # An empty query at the libpq level: one round trip, and unlike

@@ -31,7 +31,6 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.signals import connection_created
-from django.utils.asyncio import async_unsafe
 
 from ..errors import PoolError
 from ..session import DIALECTS, Change, Dialect
@@ -55,6 +54,7 @@ class PooledWrapperMixin:
     _session_undo_always = 0
     _session_detect = False
     _session_dialect: Dialect
+    _session_known: dict[str, int]
 
     settings_dict: dict[str, Any]
     alias: str
@@ -77,6 +77,7 @@ class PooledWrapperMixin:
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
         if self.pool_options is not None:
             self._session_dialect = DIALECTS[self.vendor]
+            self._session_known = self._session_dialect.known
             mode = self.pool_options.session_reset
             if mode == "always" and self._session_dialect.reset_sql(Change.ALL) is None:
                 raise ImproperlyConfigured(
@@ -99,7 +100,10 @@ class PooledWrapperMixin:
     def _note_session_changes(
         self, execute: Any, sql: Any, params: Any, many: bool, context: Any
     ) -> Any:
-        self._session_changes = self._session_dialect.after(self._session_changes, sql)
+        try:  # a statement seen before: one lookup (see Dialect.known)
+            self._session_changes |= self._session_known[sql]
+        except (KeyError, TypeError):  # new, or not a string (unhashable sql.Composed)
+            self._session_changes = self._session_dialect.after(self._session_changes, sql)
         return execute(sql, params, many, context)
 
     def get_connection_params(self) -> dict[str, Any]:
@@ -109,7 +113,8 @@ class PooledWrapperMixin:
         # unpooled wrapper with Django's own (see pools.entry_for).
         return {}
 
-    @async_unsafe  # type: ignore[untyped-decorator]
+    # Not @async_unsafe, unlike Django's: its only caller, ensure_connection(),
+    # checks already, and the check costs as much as a checkout.
     def connect(self) -> None:
         if self.pool_options is None or self.run_commit_hooks_on_set_autocommit_on:
             # Unpooled, or commit hooks that Django's set_autocommit() must run.
@@ -128,14 +133,17 @@ class PooledWrapperMixin:
         self.errors_occurred = False
         self.connection = self.get_new_connection({})  # also clears _session_changes
         self.autocommit = self.settings_dict["AUTOCOMMIT"]
-        connection_created.send(sender=self.__class__, connection=self)
+        if connection_created.receivers:
+            connection_created.send(sender=self.__class__, connection=self)
         self.run_on_commit: list[Any] = []
         return None
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.pool_options is None:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
-        entry = pools.entry_for(self)
+        entry = pools._entries.get(self.alias)
+        if entry is None or entry.key != self.settings_dict:  # entry_for's test, inlined
+            entry = pools.entry_for(self)
         try:
             conn = entry.pool.getconn()
         except PoolError as exc:
@@ -156,41 +164,61 @@ class PooledWrapperMixin:
             return None
         if self._pool_entry is None:
             return super().close_if_unusable_or_obsolete()  # type: ignore[misc, no-any-return]
-        # CONN_MAX_AGE is 0, so Django would close it whatever its state;
+        # CONN_MAX_AGE is 0, so Django would close it whatever its state, and
         # _close() sorts good connections from broken ones.
-        self.close()  # type: ignore[attr-defined]
+        if self.in_atomic_block:
+            self.close()  # type: ignore[attr-defined]
+            return None
+        # What close() does outside an atomic block, less its thread and event
+        # loop checks: close_old_connections() only sees this thread's wrappers.
+        self.run_on_commit = []
+        self._close()
         return None
 
     def _close(self) -> None:
         entry = self._pool_entry
         if entry is None:
             return super()._close()  # type: ignore[misc, no-any-return]
-        conn, self._pool_entry = self.connection, None
-        if conn is None:
-            return None
+        self._pool_entry = None
+        conn = self.connection
         discard = False
         if (
-            self.errors_occurred or self.autocommit != self.settings_dict["AUTOCOMMIT"]
-        ) and not self._restore_for_reuse():
-            # Broken: close it, and the pool discards and replaces it.
-            with contextlib.suppress(Exception):
-                conn.close()
-        else:
-            changes = self._session_changes | self._session_undo_always
-            if changes:
-                discard = not self._reset_session(changes)
-                entry.count_session(reset=not discard)
-                logger.debug(
-                    "database %r: session changed (%s): %s",
-                    self.alias,
-                    Change(changes).name,
-                    "closed and replaced" if discard else "reset",
-                )
+            self.errors_occurred
+            or self.autocommit != self.settings_dict["AUTOCOMMIT"]
+            or self._session_changes
+            or self._session_undo_always
+        ):
+            discard = self._clean_for_return(conn, entry)
         self.connection = None
         # The pool handles the driver's errors itself (a failed rollback
         # discards the connection): nothing to wrap.
         entry.pool.putconn(conn, discard=discard)
         return None
+
+    def _clean_for_return(self, conn: Any, entry: pools.PoolEntry) -> bool:
+        """Restore autocommit and the session before a return; True to discard ``conn``.
+
+        A broken connection is closed here, and the pool discards and
+        replaces it when it comes back.
+        """
+        if (
+            self.errors_occurred or self.autocommit != self.settings_dict["AUTOCOMMIT"]
+        ) and not self._restore_for_reuse():
+            with contextlib.suppress(Exception):
+                conn.close()
+            return False
+        changes = self._session_changes | self._session_undo_always
+        if not changes:
+            return False
+        discard = not self._reset_session(changes)
+        entry.count_session(reset=not discard)
+        logger.debug(
+            "database %r: session changed (%s): %s",
+            self.alias,
+            Change(changes).name,
+            "closed and replaced" if discard else "reset",
+        )
+        return discard
 
     def _reset_session(self, changes: int) -> bool:
         """Undo ``changes`` on the borrowed connection, in one round trip; False if it can't.
