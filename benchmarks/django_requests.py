@@ -24,10 +24,14 @@ Modes, all on the same PostgreSQL server and database through psycopg 3:
 Django settings are per process, so each mode lives in its own worker process
 (this script re-invoked with ``--worker MODE``), started once and kept for the
 whole run with 8 long-lived request threads, like a threaded WSGI server.
-The parent then runs short alternating rounds: in each round every mode in
-turn (the first one rotating) serves requests for a fixed time with 1 thread,
-then with 8 (the order flips every round). Each ratio is taken within a round
-against ``persistent``; the report gives medians over rounds.
+The parent then runs short rounds, each with 1 thread and with 8 (the order
+flips every round). In a round every other mode is paired with ``persistent``:
+the two serve requests for a fixed time one right after the other, in an
+order that alternates (ABBA), and the mode's ratio for that round is its cost
+over that adjacent ``persistent`` slot. On a shared machine the load changes
+from one second to the next; comparing adjacent slots keeps that drift out
+of the ratios, and an identical copy of ``persistent`` measured this way
+stays within a point or two of 1.00x. The report gives medians over rounds.
 
 Run ``python benchmarks/django_requests.py`` (``--quick`` for a smoke test,
 ``--json PATH`` to keep the figures, ``--strict`` to exit 1 when the
@@ -112,8 +116,8 @@ class Settings:
 
 
 # Short slots, many rounds: on a shared machine the load changes from one second
-# to the next, so the slots compared within a round must be close in time.
-FULL = Settings(rounds=40, slot_seconds=0.25, warmup_seconds=0.6)
+# to the next, so the slots compared must be close in time (adjacent, in fact).
+FULL = Settings(rounds=40, slot_seconds=0.2, warmup_seconds=0.6)
 QUICK = Settings(rounds=8, slot_seconds=0.12, warmup_seconds=0.3)
 
 
@@ -689,36 +693,58 @@ def start_workers(
 def run_rounds(
     workers: dict[str, Worker], settings: Settings
 ) -> dict[str, dict[int, list[dict[str, Any] | None]]]:
-    """Alternate the modes: per round, each thread count, each mode in rotated order."""
-    modes = list(workers)
+    """Per round and thread count: each mode paired with an adjacent reference slot.
+
+    The pairs run in rotated mode order, each pair in alternating order
+    (reference first, then the mode first). A mode's slot carries its pair's
+    reference figures (``reference_us_per_request``...); the reference's own
+    list holds every reference slot.
+    """
+    others = [mode for mode in workers if mode != REFERENCE_MODE]
     runs: dict[str, dict[int, list[dict[str, Any] | None]]] = {
-        mode: {threads: [] for threads in THREAD_COUNTS} for mode in modes
+        mode: {threads: [] for threads in THREAD_COUNTS} for mode in workers
     }
+
+    def run(mode: str, threads: int) -> dict[str, Any] | None:
+        worker = workers[mode]
+        if worker.failure:
+            return None
+        try:
+            return worker.call(
+                {"op": "run", "threads": threads, "seconds": settings.slot_seconds},
+                timeout=settings.slot_seconds + 180.0,
+            )
+        except WorkerFailed as exc:
+            worker.failure = str(exc)
+            progress(f"  {mode}: FAILED: {exc}")
+            return None
+
     for rnd in range(settings.rounds):
         order = THREAD_COUNTS if rnd % 2 == 0 else tuple(reversed(THREAD_COUNTS))
         parts = []
         for threads in order:
             line = []
-            for mode in rotated(modes, rnd):
-                worker = workers[mode]
-                result: dict[str, Any] | None = None
-                if not worker.failure:
-                    try:
-                        result = worker.call(
-                            {"op": "run", "threads": threads, "seconds": settings.slot_seconds},
-                            timeout=settings.slot_seconds + 180.0,
-                        )
-                    except WorkerFailed as exc:
-                        worker.failure = str(exc)
-                        progress(f"  {mode}: FAILED: {exc}")
+            for i, mode in enumerate(rotated(others, rnd)):
+                if (rnd + i) % 2 == 0:
+                    reference, result = run(REFERENCE_MODE, threads), run(mode, threads)
+                else:
+                    result, reference = run(mode, threads), run(REFERENCE_MODE, threads)
+                runs[REFERENCE_MODE][threads].append(reference)
+                if result is not None and reference is not None:
+                    result["reference_us_per_request"] = reference["us_per_request"]
+                    result["reference_cpu_us_per_request"] = reference["cpu_us_per_request"]
                 runs[mode][threads].append(result)
-                if result is not None:
+                if result is not None and reference is not None:
+                    mine, ref = result["us_per_request"], reference["us_per_request"]
                     line.append(
-                        f"{mode} {result['us_per_request']:,.0f}"
+                        f"{mode} {mine:,.0f}/{ref:,.0f}"
                         + (f" ({result['errors']} errors)" if result["errors"] else "")
                     )
             parts.append(f"{threads}t: " + ", ".join(line))
-        progress(f"  round {rnd + 1}/{settings.rounds} us/req: " + " | ".join(parts))
+        progress(
+            f"  round {rnd + 1}/{settings.rounds} us/req (mode/{REFERENCE_MODE}): "
+            + " | ".join(parts)
+        )
     return runs
 
 
@@ -734,21 +760,25 @@ def quartiles(values: list[float]) -> tuple[float, float]:
 def summarize(
     runs: dict[str, dict[int, list[dict[str, Any] | None]]],
 ) -> dict[str, dict[str, Any]]:
-    """Per thread count and mode: medians over rounds and ratios within rounds."""
+    """Per thread count and mode: medians over rounds, ratios against the paired slot."""
     nan = float("nan")
     summary: dict[str, dict[str, Any]] = {}
     for threads in THREAD_COUNTS:
         table: dict[str, Any] = {}
-        reference = runs.get(REFERENCE_MODE, {}).get(threads, [])
         for mode, by_threads in runs.items():
             slots = by_threads[threads]
-            pairs = [
-                (slot, ref)
-                for slot, ref in zip(slots, reference, strict=False)
-                if slot and ref and slot["requests"] and ref["requests"]
-            ]
-            ratios = [a["us_per_request"] / b["us_per_request"] for a, b in pairs]
-            cpu_ratios = [a["cpu_us_per_request"] / b["cpu_us_per_request"] for a, b in pairs]
+            if mode == REFERENCE_MODE:
+                paired = [s for s in slots if s and s["requests"]]
+                ratios = [1.0 for _ in paired]
+                cpu_ratios = list(ratios)
+            else:
+                paired = [
+                    s for s in slots if s and s["requests"] and "reference_us_per_request" in s
+                ]
+                ratios = [s["us_per_request"] / s["reference_us_per_request"] for s in paired]
+                cpu_ratios = [
+                    s["cpu_us_per_request"] / s["reference_cpu_us_per_request"] for s in paired
+                ]
             done = [s for s in slots if s and s["requests"]]
             us = [s["us_per_request"] for s in done]
             requests = sum(s["requests"] for s in done)
@@ -782,7 +812,8 @@ def print_summary(summary: dict[str, dict[str, Any]], settings: Settings) -> Non
         threads = int(key)
         print(
             f"\n{threads} thread{'s' if threads > 1 else ''}: cost of a request "
-            f"({settings.rounds} rounds x {settings.slot_seconds:g} s per mode, alternating)"
+            f"({settings.rounds} rounds x {settings.slot_seconds:g} s per mode, "
+            f"each paired with an adjacent {REFERENCE_MODE} slot)"
         )
         rows = []
         for mode, r in table.items():
@@ -816,7 +847,8 @@ def print_summary(summary: dict[str, dict[str, Any]], settings: Settings) -> Non
         print(format_table(headers, rows))
     print(
         "   us/req = wall time / requests served; ratio = median over rounds of\n"
-        f"   (mode / {REFERENCE_MODE}) within the same round, middle half = its quartiles;\n"
+        f"   (mode / the {REFERENCE_MODE} slot run just before or after it),\n"
+        "   middle half = its quartiles;\n"
         "   cpu = the worker process's CPU time (user + system, all threads) per request;\n"
         "   new conns/req = server sessions (backend pid + client port) first seen in a\n"
         "   measured run / requests (1.000 = a connection per request)"
