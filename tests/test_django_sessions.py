@@ -110,6 +110,17 @@ def test_postgresql_session_state_is_gone_at_the_next_checkout(kind):
         assert get_stats("default-proxied")["sessions_reset"] == 1
 
 
+def test_a_statement_seen_before_is_detected_again():
+    # The second time, the scan's result comes from its memo (Dialect.known).
+    change, show = PG_STATE["search_path"]
+    with proxied("default") as (wrapper, _):
+        before = checkout(wrapper, show)
+        for _ in range(2):
+            assert checkout(wrapper, change, show) != before
+            assert checkout(wrapper, show) == before
+        assert get_stats("default-proxied")["sessions_reset"] == 2
+
+
 def test_an_unfinished_server_side_cursor_is_closed():
     # .iterator() stopped early: Django's cursor is declared WITH HOLD in
     # autocommit mode, so it would outlive the request.

@@ -69,10 +69,33 @@ def test_mysql_statements(sql, expected):
 
 def test_switching_a_setting_back_clears_only_that_change():
     mysql = DIALECTS["mysql"]
-    state = mysql.after(C.NONE, "SET @x = 1")
-    state = mysql.after(state, "SET FOREIGN_KEY_CHECKS = 0")
-    assert state == C.SETTINGS | C.CONSTRAINT_CHECKS
-    assert mysql.after(state, "SET FOREIGN_KEY_CHECKS = 1") == C.SETTINGS
+    for _ in range(2):  # the second time, from the memo where one applies
+        state = mysql.after(C.NONE, "SET @x = 1")
+        state = mysql.after(state, "SET FOREIGN_KEY_CHECKS = 0")
+        assert state == C.SETTINGS | C.CONSTRAINT_CHECKS
+        assert mysql.after(state, "SET FOREIGN_KEY_CHECKS = 1") == C.SETTINGS
+
+
+def test_statements_that_only_set_bits_are_remembered_and_others_are_not():
+    pg, mysql = type(DIALECTS["postgresql"])(), DIALECTS["mysql"]
+    assert pg.after(C.NONE, "SELECT 1") == C.NONE
+    assert pg.after(C.LISTEN, "SET search_path TO x") == C.LISTEN | C.SETTINGS
+    assert pg.known == {"SELECT 1": 0, "SET search_path TO x": C.SETTINGS}
+    # A switch turned back on clears a bit: its effect depends on the state.
+    mysql.after(C.CONSTRAINT_CHECKS, "SET foreign_key_checks = 1")
+    assert "SET foreign_key_checks = 1" not in mysql.known
+    # Composed statements are not strings: never remembered, always OTHER.
+    assert pg.after(C.NONE, ["SELECT 1"]) == C.OTHER
+    long = "SELECT 1 -- " + "x" * 5000
+    pg.after(C.NONE, long)
+    assert long not in pg.known
+
+
+def test_the_memo_is_bounded():
+    pg = type(DIALECTS["postgresql"])()
+    for i in range(3000):
+        pg.after(C.NONE, f"SELECT {i}")
+    assert 0 < len(pg.known) <= 1024
 
 
 def test_postgresql_reset_undoes_exactly_what_changed():
