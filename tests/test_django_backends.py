@@ -331,3 +331,46 @@ def test_health_checks_ping_every_checkout(changes):
     finally:
         wrapper.close()
         close_pools(alias)
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_isolation_level_from_options_holds_at_every_checkout(alias):
+    base = connections[alias]
+    if base.vendor == "postgresql":
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+        level, show, expected = (
+            IsolationLevel.SERIALIZABLE,
+            "SHOW transaction_isolation",
+            "serializable",
+        )
+    else:
+        variable = "tx_isolation" if base.mysql_is_mariadb else "transaction_isolation"
+        level, show, expected = (
+            "read committed",
+            f"SELECT @@{variable}",
+            "READ-COMMITTED",
+        )
+    options = {k: v for k, v in base.settings_dict["OPTIONS"].items() if k != "pool"}
+    settings_dict = {
+        **base.settings_dict,
+        "OPTIONS": {**options, "isolation_level": level, "pool": {"min_size": 1, "max_size": 1}},
+    }
+    name = f"{alias}-isolated"
+    wrapper = type(base)(settings_dict, name)
+    try:
+        for _ in range(3):
+            wrapper.set_autocommit(False)
+            with wrapper.cursor() as cursor:
+                cursor.execute(show)
+                assert str(cursor.fetchone()[0]).lower() == expected.lower()
+            wrapper.rollback()
+            wrapper.set_autocommit(True)
+            wrapper.close_if_unusable_or_obsolete()
+            assert wrapper.connection is None
+        # Django's attribute, as an unpooled wrapper sets it while connecting.
+        assert wrapper.isolation_level == level
+        assert get_pool(name).get_stats()["connections_num"] == 1
+    finally:
+        wrapper.close()
+        close_pools(name)

@@ -48,6 +48,8 @@ class PooledWrapperMixin:
     pool_options: PoolOptions | None
     # The pool entry that lent the current connection (None: not borrowed).
     _pool_entry: pools.PoolEntry | None = None
+    # The entry whose wrapper_state (see pools.WRAPPER_STATE) was copied here.
+    _wrapper_state_from: pools.PoolEntry | None = None
     # What the current borrower may have changed in the session, and what is
     # undone on return whatever it is (Change.ALL for session_reset="always").
     _session_changes = 0  # Change bits, as an int (see session.Change)
@@ -150,7 +152,9 @@ class PooledWrapperMixin:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
         self._session_changes = 0
-        self.__dict__.update(entry.wrapper_state)
+        if entry is not self._wrapper_state_from:  # this pool's first lend to this wrapper
+            self.__dict__.update(entry.wrapper_state)
+            self._wrapper_state_from = entry
         # The pool validated it (every checkout when CONN_HEALTH_CHECKS is on).
         self.health_check_done = True
         return conn
