@@ -695,8 +695,8 @@ def run_rounds(
 ) -> dict[str, dict[int, list[dict[str, Any] | None]]]:
     """Per round and thread count: each mode paired with an adjacent reference slot.
 
-    The pairs run in rotated mode order, each pair in alternating order
-    (reference first, then the mode first). A mode's slot carries its pair's
+    The pairs run in rotated mode order; the reference goes first in even
+    rounds, the mode in odd ones. A mode's slot carries its pair's
     reference figures (``reference_us_per_request``...); the reference's own
     list holds every reference slot.
     """
@@ -724,8 +724,10 @@ def run_rounds(
         parts = []
         for threads in order:
             line = []
-            for i, mode in enumerate(rotated(others, rnd)):
-                if (rnd + i) % 2 == 0:
+            for mode in rotated(others, rnd):
+                # Every mode goes first in half the rounds: the first slot of a
+                # pair follows another process's, and may pay for the switch.
+                if rnd % 2 == 0:
                     reference, result = run(REFERENCE_MODE, threads), run(mode, threads)
                 else:
                     result, reference = run(mode, threads), run(REFERENCE_MODE, threads)
