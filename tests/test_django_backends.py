@@ -374,3 +374,29 @@ def test_isolation_level_from_options_holds_at_every_checkout(alias):
     finally:
         wrapper.close()
         close_pools(name)
+
+
+def test_a_database_renamed_in_place_gets_a_new_pool():
+    # What the test runner does to a live wrapper when it makes, clones or
+    # hands out per-worker test databases.
+    base = connections["default"]
+    settings_dict = {**base.settings_dict, "OPTIONS": {"pool": {"min_size": 1, "max_size": 1}}}
+    wrapper = type(base)(settings_dict, "renamed")
+
+    def current_database() -> str:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            name = cursor.fetchone()[0]
+        wrapper.close_if_unusable_or_obsolete()
+        return str(name)
+
+    try:
+        assert current_database() == settings_dict["NAME"]
+        first = get_pool("renamed")
+        wrapper.settings_dict["NAME"] = "postgres"
+        assert current_database() == "postgres"
+        assert get_pool("renamed") is not first
+        assert first.get_stats()["pool_size"] == 0  # the old pool was closed
+    finally:
+        wrapper.close()
+        close_pools("renamed")

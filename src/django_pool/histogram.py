@@ -1,8 +1,10 @@
 """Fixed-bucket histograms of the pool's wait and usage times.
 
 The pool records into them under its own lock, so a histogram needs no lock of
-its own and an observation costs one bisection and two additions. Readers
-(the Prometheus collector, ``Pool.get_histograms()``) get a copy.
+its own and an observation costs one bisection and two additions. The return
+path, run on every checkout, only appends to a list and observes in batches
+(see ``Pool.putconn``). Readers (the Prometheus collector,
+``Pool.get_histograms()``) get a copy.
 
 The bounds are in seconds, as Prometheus expects, and span what a pool sees:
 waits of a few microseconds (an idle connection was there) up to a timeout,
@@ -47,6 +49,15 @@ class Histogram:
     def observe(self, seconds: float) -> None:
         self.counts[bisect_left(BOUNDS, seconds)] += 1
         self.total += seconds
+
+    def observe_all(self, values: list[float]) -> None:
+        """Observe every value in ``values``, then empty it."""
+        counts, total = self.counts, self.total
+        for seconds in values:
+            counts[bisect_left(BOUNDS, seconds)] += 1
+            total += seconds
+        self.total = total
+        values.clear()
 
     def forget(self, seconds: float) -> None:
         """Take back an :meth:`observe` of the same value."""

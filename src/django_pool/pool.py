@@ -31,7 +31,6 @@ import random
 import sys
 import threading
 import traceback
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -42,7 +41,7 @@ from typing import Any
 from . import fork
 from .adapters import BROKEN, IDLE, Adapter, adapter_for
 from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
-from .histogram import BOUNDS, Histogram, HistogramSnapshot
+from .histogram import Histogram, HistogramSnapshot
 from .redact import redact
 
 logger = logging.getLogger("django_pool")
@@ -53,6 +52,8 @@ _BACKOFF_MAX = 10.0
 # Lifetimes are shortened by up to this fraction, so connections opened together
 # (at start-up, after a restart) do not all expire together.
 _LIFETIME_JITTER = 0.05
+# Returns whose usage time is observed in one batch (see Pool.putconn).
+_USAGE_BATCH = 256
 # Weight of the newest sample in the moving averages of connect and usage time.
 _EWMA_WEIGHT = 0.2
 
@@ -235,6 +236,9 @@ class Pool:
         # Never reset by pop_stats(): Prometheus expects them to only grow.
         self._wait_histogram = Histogram()
         self._usage_histogram = Histogram()
+        # Usage times not yet in _usage_histogram: the return path appends, which
+        # touches far less memory than a bisection; see _usage_locked().
+        self._usage_pending: list[float] = []
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -243,7 +247,7 @@ class Pool:
         # requests_wait_ms and usage_ms: the histograms' sums since the last pop_stats().
         self._requests_wait_since = self._wait_histogram.total
         self._requests_errors = 0
-        self._usage_since = self._usage_histogram.total
+        self._usage_since = self._usage_locked().total
         self._returns_bad = 0
         self._connections_num = 0
         self._connections_time = 0.0
@@ -430,9 +434,10 @@ class Pool:
         with self._lock:
             del self._lent[key]
             usage = now - slot.lent_at
-            histogram = self._usage_histogram  # observed inline: every return runs this
-            histogram.counts[bisect_left(BOUNDS, usage)] += 1
-            histogram.total += usage
+            usage_pending = self._usage_pending
+            usage_pending.append(usage)
+            if len(usage_pending) >= _USAGE_BATCH:
+                self._usage_histogram.observe_all(usage_pending)
             if (
                 good
                 and now < slot.expires_at
@@ -915,7 +920,7 @@ class Pool:
                 # Checkouts served (returned or still out) less those with a
                 # recorded wait: the ones served at once, with a zero wait.
                 "wait": self._wait_histogram.snapshot(
-                    zeros=sum(self._usage_histogram.counts)
+                    zeros=sum(self._usage_locked().counts)
                     + len(self._lent)
                     - sum(self._wait_histogram.counts)
                 ),
@@ -937,7 +942,7 @@ class Pool:
                 (self._wait_histogram.total - self._requests_wait_since) * 1000
             ),
             "requests_errors": self._requests_errors,
-            "usage_ms": round((self._usage_histogram.total - self._usage_since) * 1000),
+            "usage_ms": round((self._usage_locked().total - self._usage_since) * 1000),
             "returns_bad": self._returns_bad,
             "connections_num": self._connections_num,
             "connections_ms": round(self._connections_time * 1000),
@@ -950,6 +955,11 @@ class Pool:
         return stats
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _usage_locked(self) -> Histogram:
+        """The usage histogram, with every return so far observed."""
+        self._usage_histogram.observe_all(self._usage_pending)
+        return self._usage_histogram
 
     def _adapter_of(self, conn: Any) -> Adapter:
         if self._adapter is None:

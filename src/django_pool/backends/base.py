@@ -48,8 +48,9 @@ class PooledWrapperMixin:
     pool_options: PoolOptions | None
     # The pool entry that lent the current connection (None: not borrowed).
     _pool_entry: pools.PoolEntry | None = None
-    # The entry whose wrapper_state (see pools.WRAPPER_STATE) was copied here.
-    _wrapper_state_from: pools.PoolEntry | None = None
+    # The entry this wrapper borrows from, checked against all its settings
+    # once; its wrapper_state (see pools.WRAPPER_STATE) was copied here.
+    _known_entry: pools.PoolEntry | None = None
     # What the current borrower may have changed in the session, and what is
     # undone on return whatever it is (Change.ALL for session_reset="always").
     _session_changes = 0  # Change bits, as an int (see session.Change)
@@ -143,18 +144,25 @@ class PooledWrapperMixin:
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         if self.pool_options is None:
             return super().get_new_connection(conn_params)  # type: ignore[misc]
-        entry = pools._entries.get(self.alias)
-        if entry is None or entry.key != self.settings_dict:  # entry_for's test, inlined
+        entry = self._known_entry
+        # Comparing every setting at each checkout would cost as much as the
+        # rest of it: that is done when this wrapper first borrows, or after its
+        # pool was closed or its database renamed (the test runner does that
+        # in place, making and cloning test databases).
+        if entry is None or entry.closed or entry.database_name != self.settings_dict["NAME"]:
             entry = pools.entry_for(self)
+            known = False
+        else:
+            known = True
         try:
             conn = entry.pool.getconn()
         except PoolError as exc:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
         self._session_changes = 0
-        if entry is not self._wrapper_state_from:  # this pool's first lend to this wrapper
+        if not known:  # complete now that the pool has opened a connection
             self.__dict__.update(entry.wrapper_state)
-            self._wrapper_state_from = entry
+            self._known_entry = entry
         # The pool validated it (every checkout when CONN_HEALTH_CHECKS is on).
         self.health_check_done = True
         return conn

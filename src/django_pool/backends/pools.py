@@ -1,9 +1,12 @@
 """The process's pools: one per database alias, shared by every thread and task.
 
 A pool is keyed by its alias *and* by the alias's settings (name, host, user,
-options...). When the test runner renames the database to ``test_...``, or an
-override changes the settings, the old pool is closed and a new one is made:
-a pool made for the real database can never serve the tests' queries.
+options...). When the test runner renames the database to ``test_...`` (in
+place, on a live wrapper), or an override changes the settings (new
+wrappers), the old pool is closed and a new one is made: a pool made for the
+real database can never serve the tests' queries. A live wrapper's other
+settings are not meant to change in place, and are compared only at its
+first checkout.
 
 Pools close at interpreter exit (after the exiting thread's connections are
 returned), or through :func:`close_pools`. After
@@ -44,6 +47,13 @@ class PoolEntry:
     key: dict[str, Any] = field(repr=False)
     pool: Pool
     wrapper_state: dict[str, Any] = field(default_factory=dict)
+    # Set when the entry is closed or replaced: wrappers that kept it look again.
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        # What a wrapper checks at each checkout (see base.PooledWrapperMixin).
+        self.database_name = self.key["NAME"]
+
     # Returned connections whose session state was reset, or closed because it
     # could not be (see base.PooledWrapperMixin._close); rare, so one lock.
     sessions_reset: int = 0
@@ -72,9 +82,11 @@ _lock = threading.Lock()
 def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
     """The pool entry for the wrapper's alias and settings, made on first use.
 
-    Made once even when many threads ask at the same moment. Any change to the
-    settings (the test runner renames the database in place) makes a new pool;
-    comparing the whole dict is also the cheapest check on every checkout.
+    Made once even when many threads ask at the same moment. Settings that
+    differ in anything from those the alias's pool was made with make a new
+    pool, which replaces it. A wrapper calls this at its first checkout, then
+    only when its entry was closed or its database renamed (see
+    ``PooledWrapperMixin.get_new_connection``).
     """
     entry = _entries.get(wrapper.alias)
     if entry is not None and entry.key == wrapper.settings_dict:
@@ -91,6 +103,7 @@ def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
             entry = _new_entry(wrapper, key)
             _entries[wrapper.alias] = entry
     if replaced is not None:
+        replaced.closed = True
         replaced.pool.close(timeout=0)
     return entry
 
@@ -171,6 +184,7 @@ def close_pools(alias: str | None = None, timeout: float = 5.0) -> None:
             entries = [entry] if entry is not None else []
     for entry in entries:
         logger.debug("pool %r: closing", entry.pool.name)
+        entry.closed = True
         entry.pool.close(timeout=timeout)
 
 
