@@ -51,9 +51,10 @@ class PooledWrapperMixin:
     # The entry this wrapper borrows from, checked against all its settings
     # once; its wrapper_state (see pools.WRAPPER_STATE) was copied here.
     _known_entry: pools.PoolEntry | None = None
-    # What the current borrower may have changed in the session, and what is
-    # undone on return whatever it is (Change.ALL for session_reset="always").
-    _session_changes = 0  # Change bits, as an int (see session.Change)
+    # What the current borrower may have changed in the session (Change bits,
+    # as an int: see session.Change), starting from what is undone on return
+    # whatever it is (Change.ALL for session_reset="always").
+    _session_changes = 0
     _session_undo_always = 0
     _session_detect = False
     _session_dialect: Dialect
@@ -134,7 +135,7 @@ class PooledWrapperMixin:
         self.close_at = 0.0  # due at once: CONN_MAX_AGE is 0 with pooling
         self.closed_in_transaction = False
         self.errors_occurred = False
-        self.connection = self.get_new_connection({})  # also clears _session_changes
+        self.connection = self.get_new_connection({})  # also starts _session_changes
         self.autocommit = self.settings_dict["AUTOCOMMIT"]
         if connection_created.receivers:
             connection_created.send(sender=self.__class__, connection=self)
@@ -159,7 +160,7 @@ class PooledWrapperMixin:
         except PoolError as exc:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
-        self._session_changes = 0
+        self._session_changes = self._session_undo_always
         if not known:  # complete now that the pool has opened a connection
             self.__dict__.update(entry.wrapper_state)
             self._known_entry = entry
@@ -198,7 +199,6 @@ class PooledWrapperMixin:
             self.errors_occurred
             or self.autocommit != self.settings_dict["AUTOCOMMIT"]
             or self._session_changes
-            or self._session_undo_always
         ):
             discard = self._clean_for_return(conn, entry)
         self.connection = None
@@ -219,7 +219,7 @@ class PooledWrapperMixin:
             with contextlib.suppress(Exception):
                 conn.close()
             return False
-        changes = self._session_changes | self._session_undo_always
+        changes = self._session_changes
         if not changes:
             return False
         discard = not self._reset_session(changes)
