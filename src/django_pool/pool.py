@@ -283,6 +283,8 @@ class Pool:
                 slot = self._idle.pop()
                 self._lent[id(slot.conn)] = slot
                 slot.lent_at = start
+        # The usual case, lendable as it is: the same test as _getconn_checked's,
+        # written out because a call here costs as much as the test.
         if (
             slot is not None
             and start < slot.expires_at
