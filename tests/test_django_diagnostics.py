@@ -158,18 +158,24 @@ def hold_a_connection_in_a_view(wrapper: Any) -> None:
 def test_a_leaked_connection_is_logged_with_the_code_that_took_it(caplog):
     caplog.set_level(logging.INFO, logger="django_pool")
     pool = {"min_size": 1, "leak_threshold": 0.2}
+
+    def reports() -> list[logging.LogRecord]:
+        return [
+            r for r in caplog.records if r.levelno == logging.WARNING and "leak" in r.getMessage()
+        ]
+
     with pooled_wrappers("leaky", 1, pool=pool) as (wrapper,):
         hold_a_connection_in_a_view(wrapper)
+        # Counted under the pool's lock and logged just after: wait for the log.
         deadline = time.monotonic() + 5
-        while not get_stats("leaky")["leaks_detected"] and time.monotonic() < deadline:
+        while not reports() and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert get_stats("leaky")["leaks_detected"] == 1
         wrapper.close()
-    reports = [
-        r for r in caplog.records if r.levelno == logging.WARNING and "leak" in r.getMessage()
-    ]
-    assert len(reports) == 1
-    assert "hold_a_connection_in_a_view" in reports[0].getMessage()
-    assert "wrapper.ensure_connection()" in reports[0].getMessage()
+    assert len(reports()) == 1
+    message = reports()[0].getMessage()
+    assert "hold_a_connection_in_a_view" in message
+    assert "wrapper.ensure_connection()" in message
     assert any("came back" in r.getMessage() for r in caplog.records)
 
 
