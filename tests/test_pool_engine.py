@@ -276,20 +276,9 @@ def test_lifetime_is_enforced_at_checkout(make_pool):
     first = pool.getconn()
     pool.putconn(first)
     # Make the maintenance thread too late to see it: only checkout can catch it.
-    # (A slot is never trusted past its expiry: see the next test.)
-    slot = pool._idle[-1]
-    slot.expires_at = slot.trusted_until = time.monotonic() - 1
+    pool._idle[-1].expires_at = time.monotonic() - 1
     second = pool.getconn()
     assert second is not first and first.closed
-
-
-@pytest.mark.parametrize("validate_after", [None, 0.5, 0])
-def test_a_connection_is_never_trusted_past_its_expiry(make_pool, validate_after):
-    pool, _ = make_pool(min_size=1, max_lifetime=0.3, validate_after=validate_after)
-    pool.wait()
-    assert pool._idle[-1].trusted_until <= pool._idle[-1].expires_at  # opened
-    pool.putconn(pool.getconn())
-    assert pool._idle[-1].trusted_until <= pool._idle[-1].expires_at  # returned
 
 
 def test_lifetimes_are_jittered(make_pool):

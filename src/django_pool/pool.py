@@ -71,12 +71,9 @@ class _Slot:
         "leak_reported",
         "lent_at",
         "taken_by",
-        "trusted_until",
     )
 
-    def __init__(
-        self, conn: Any, now: float, expires_at: float, generation: int, window: float
-    ) -> None:
+    def __init__(self, conn: Any, now: float, expires_at: float, generation: int) -> None:
         self.conn = conn
         self.expires_at = expires_at
         self.generation = generation
@@ -84,10 +81,6 @@ class _Slot:
         # returned. While the slot is idle, that is also when it became idle.
         self.last_ok = now
         self.lent_at = now
-        # Until when it may be lent without a ping: the end of the validate
-        # window after last_ok, or its expiry if sooner; -inf while idle after
-        # a disconnect was seen. Kept as one value so that a checkout reads one.
-        self.trusted_until = _trusted_until(now, window, expires_at)
         # Leak detection: where the borrower took it, and whether it was reported.
         self.taken_by: list[tuple[CodeType, int]] | None = None
         self.leak_reported = False
@@ -224,6 +217,9 @@ class Pool:
         # When the maintenance thread wakes next (-inf: it has not planned yet).
         self._maintenance_due = -math.inf
         self._generation = 0  # bumped by drain(): older connections are not lent again
+        # Idle connections last known good before this moment are pinged before
+        # being lent: set when a disconnect is seen (e.g. the server restarted).
+        self._distrust_before = -math.inf
         # Connection failures: consecutive rounds, when the streak began, the next
         # attempt's earliest time, a total that only grows, and the last cause.
         self._failures = 0
@@ -287,9 +283,15 @@ class Pool:
                 slot = self._idle.pop()
                 self._lent[id(slot.conn)] = slot
                 slot.lent_at = start
-        # The usual case, lendable as it is (idle slots are never of an older
-        # generation: drain() closes them, and putconn keeps them out).
-        if slot is not None and start < slot.trusted_until:
+        # The usual case, lendable as it is: the same test as _getconn_checked's,
+        # written out because a call here costs as much as the test.
+        if (
+            slot is not None
+            and start < slot.expires_at
+            and slot.generation == self._generation
+            and slot.last_ok >= start - self._validate_window
+            and slot.last_ok >= self._distrust_before
+        ):
             if self.leak_threshold is not None:
                 _note_taker(slot)
             return slot.conn
@@ -321,7 +323,8 @@ class Pool:
             assert slot is not None
             now = monotonic()
             if now < slot.expires_at and slot.generation == self._generation:
-                if now < slot.trusted_until:
+                last_ok = slot.last_ok
+                if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
                     if self.leak_threshold is not None:
                         _note_taker(slot, 3)
                     return slot.conn
@@ -445,8 +448,6 @@ class Pool:
                 and not self._closed
             ):
                 slot.last_ok = now
-                trusted = now + self._validate_window  # _trusted_until(), inline: every return
-                slot.trusted_until = trusted if trusted < slot.expires_at else slot.expires_at
                 if self._waiters:
                     # Usage steers growth only while requests queue: sampled then.
                     self._usage_avg = _ewma(self._usage_avg, usage)
@@ -460,7 +461,7 @@ class Pool:
             if not good and not discard:
                 self._returns_bad += 1
                 self._connections_lost += 1
-                self._distrust_idle_locked()
+                self._distrust_before = now
             self._changed.notify_all()
             spawn = self._connectors_to_start_locked()
         self._close_quietly(conn)
@@ -526,12 +527,6 @@ class Pool:
         else:
             self._idle.append(slot)
 
-    def _distrust_idle_locked(self) -> None:
-        """A disconnect was seen (the server restarted?): ping every idle connection
-        before lending it. Those lent now are trusted again when they come back."""
-        for slot in self._idle:
-            slot.trusted_until = -math.inf
-
     def _drop_lent(self, slot: _Slot, lost: bool, recorded: float | None) -> None:
         """Close a connection taken by getconn but found unfit to lend."""
         with self._lock:
@@ -542,7 +537,7 @@ class Pool:
             self._nconns -= 1
             if lost:
                 self._connections_lost += 1
-                self._distrust_idle_locked()
+                self._distrust_before = monotonic()
             spawn = self._connectors_to_start_locked()
         self._close_quietly(slot.conn)
         self._start_threads(spawn, False)
@@ -651,7 +646,7 @@ class Pool:
             return None
         now = monotonic()
         lifetime = self.max_lifetime * (1 - _LIFETIME_JITTER * random.random())
-        return _Slot(conn, now, now + lifetime, generation, self._validate_window), now - started
+        return _Slot(conn, now, now + lifetime, generation), now - started
 
     def _connect_failed(self, exc: BaseException, started: float, round_: int) -> None:
         cause = self._redact(f"{type(exc).__name__}: {exc}".strip())
@@ -1029,8 +1024,3 @@ def _check_sizes(min_size: object, max_size: object) -> None:
     _check_int("max_size", max_size, minimum=1)
     if max_size < min_size:  # type: ignore[operator]
         raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
-
-
-def _trusted_until(last_ok: float, window: float, expires_at: float) -> float:
-    trusted = last_ok + window
-    return trusted if trusted < expires_at else expires_at

@@ -39,7 +39,7 @@ logger = logging.getLogger("django_pool")
 WRAPPER_STATE = ("isolation_level",)
 
 
-@dataclass(slots=True)  # slots: a checkout reads it, and one object is less memory to touch
+@dataclass
 class PoolEntry:
     """A pool and what the Django layer keeps beside it."""
 
@@ -49,10 +49,9 @@ class PoolEntry:
     wrapper_state: dict[str, Any] = field(default_factory=dict)
     # Set when the entry is closed or replaced: wrappers that kept it look again.
     closed: bool = False
-    # What a wrapper checks at each checkout (see base.PooledWrapperMixin).
-    database_name: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # What a wrapper checks at each checkout (see base.PooledWrapperMixin).
         self.database_name = self.key["NAME"]
 
     # Returned connections whose session state was reset, or closed because it
