@@ -62,8 +62,10 @@ def checkout(wrapper: Any, *statements: str) -> list[Any]:
     return rows
 
 
-def pg_session(wrapper: Any) -> int:
-    return int(checkout(wrapper, "SELECT pg_backend_pid()")[0][0])
+def session_id(wrapper: Any) -> int:
+    """The server session serving ``wrapper``, in a checkout of its own."""
+    sql = "SELECT pg_backend_pid()" if wrapper.vendor == "postgresql" else "SELECT CONNECTION_ID()"
+    return int(checkout(wrapper, sql)[0][0])
 
 
 # (statement that leaves state behind, query showing that state)
@@ -101,12 +103,12 @@ PG_STATE = {
 def test_postgresql_session_state_is_gone_at_the_next_checkout(kind):
     change, show = PG_STATE[kind]
     with proxied("default") as (wrapper, _):
-        session = pg_session(wrapper)
+        session = session_id(wrapper)
         before = checkout(wrapper, show)
         changed = checkout(wrapper, change, show)
         assert changed != before  # the statement did change the session
         assert checkout(wrapper, show) == before
-        assert pg_session(wrapper) == session  # cleaned in place, not replaced
+        assert session_id(wrapper) == session  # cleaned in place, not replaced
         assert get_stats("default-proxied")["sessions_reset"] == 1
 
 
@@ -125,13 +127,13 @@ def test_an_unfinished_server_side_cursor_is_closed():
     # .iterator() stopped early: Django's cursor is declared WITH HOLD in
     # autocommit mode, so it would outlive the request.
     with proxied("default") as (wrapper, _):
-        session = pg_session(wrapper)
+        session = session_id(wrapper)
         cursor = wrapper.chunked_cursor()
         cursor.execute("SELECT generate_series(1, 1000)")
         assert cursor.fetchone() == (1,)
         wrapper.close_if_unusable_or_obsolete()
         assert checkout(wrapper, "SELECT count(*) FROM pg_cursors") == [(0,)]
-        assert pg_session(wrapper) == session
+        assert session_id(wrapper) == session
 
 
 def set_statement_timeout(conn: Any) -> None:
@@ -149,7 +151,7 @@ def test_a_reset_runs_the_configure_hook_again():
 
 def test_a_clean_checkout_sends_nothing_but_its_own_statements():
     with proxied("default") as (wrapper, proxy):
-        pg_session(wrapper)  # the connection is made and set up
+        session_id(wrapper)  # the connection is made and set up
         mark = proxy.mark()
         for i in range(5):
             checkout(wrapper, f"SELECT {i}", "UPDATE pg_class SET relname = relname WHERE false")
@@ -161,7 +163,7 @@ def test_a_clean_checkout_sends_nothing_but_its_own_statements():
 
 def test_a_changed_session_costs_one_reset_statement():
     with proxied("default") as (wrapper, proxy):
-        pg_session(wrapper)
+        session_id(wrapper)
         mark = proxy.mark()
         checkout(wrapper, "LISTEN leak")
         sent = [sql for _, sql in proxy.statements_since(mark)]
@@ -173,7 +175,7 @@ def test_a_changed_session_costs_one_reset_statement():
 
 def test_transaction_scoped_changes_need_no_reset():
     with proxied("default") as (wrapper, proxy):
-        pg_session(wrapper)
+        session_id(wrapper)
         mark = proxy.mark()
         with wrapper.cursor() as cursor:
             wrapper.set_autocommit(False)
@@ -190,12 +192,12 @@ def test_transaction_scoped_changes_need_no_reset():
 
 def test_session_reset_always_resets_every_return():
     with proxied("default", session_reset="always") as (wrapper, proxy):
-        session = pg_session(wrapper)
+        session = session_id(wrapper)
         mark = proxy.mark()
         checkout(wrapper, "SELECT 1")
         sent = [sql for _, sql in proxy.statements_since(mark)]
         assert sent[0] == "SELECT 1" and "RESET ALL" in sent[1]
-        assert pg_session(wrapper) == session
+        assert session_id(wrapper) == session
         assert get_stats("default-proxied")["sessions_reset"] == 3
 
 
@@ -213,10 +215,6 @@ def test_bad_session_reset_value_names_the_choices():
         )
 
 
-def mysql_session(wrapper: Any) -> int:
-    return int(checkout(wrapper, "SELECT CONNECTION_ID()")[0][0])
-
-
 MYSQL_STATE = {
     "user variable": ("SET @leak = 42", "SELECT @leak"),
     "session variable": ("SET SESSION sql_mode = 'ANSI'", "SELECT @@SESSION.sql_mode"),
@@ -229,11 +227,11 @@ MYSQL_STATE = {
 def test_mysql_changed_session_is_replaced(kind):
     change, show = MYSQL_STATE[kind]
     with proxied("mysql") as (wrapper, _):
-        session = mysql_session(wrapper)
+        session = session_id(wrapper)
         before = checkout(wrapper, show)
         assert checkout(wrapper, change, show) != before
         assert checkout(wrapper, show) == before
-        assert mysql_session(wrapper) != session
+        assert session_id(wrapper) != session
         stats = get_stats("mysql-proxied")
         assert stats["sessions_discarded"] == 1
         assert stats["returns_bad"] == 0 and stats["connections_lost"] == 0
@@ -251,7 +249,7 @@ def test_mysql_temporary_table_is_gone_at_the_next_checkout():
 @needs_mysql
 def test_mysql_clean_checkout_keeps_its_session_and_sends_nothing_more():
     with proxied("mysql") as (wrapper, proxy):
-        session = mysql_session(wrapper)
+        session = session_id(wrapper)
         mark = proxy.mark()
         for i in range(3):
             checkout(wrapper, f"SELECT {i}")
@@ -260,7 +258,7 @@ def test_mysql_clean_checkout_keeps_its_session_and_sends_nothing_more():
             "SELECT 1",
             "SELECT 2",
         ]
-        assert mysql_session(wrapper) == session
+        assert session_id(wrapper) == session
 
 
 @needs_mysql
@@ -274,14 +272,14 @@ def test_mysql_refuses_session_reset_always():
 def test_mysql_constraint_checks_switched_off_and_on_keep_the_session():
     # Django does this around fixtures, flushes and migrations on MySQL.
     with proxied("mysql") as (wrapper, _):
-        session = mysql_session(wrapper)
+        session = session_id(wrapper)
         with wrapper.constraint_checks_disabled():
             checkout_without_return = wrapper.cursor()
             checkout_without_return.execute("SELECT 1")
         wrapper.close_if_unusable_or_obsolete()
-        assert mysql_session(wrapper) == session
+        assert session_id(wrapper) == session
         with wrapper.cursor():
             wrapper.disable_constraint_checking()
         wrapper.close_if_unusable_or_obsolete()  # left off: replaced
-        assert mysql_session(wrapper) != session
+        assert session_id(wrapper) != session
         assert checkout(wrapper, "SELECT @@foreign_key_checks") == ((1,),)
