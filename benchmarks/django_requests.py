@@ -31,7 +31,9 @@ order that alternates (ABBA), and the mode's ratio for that round is its cost
 over that adjacent ``persistent`` slot. On a shared machine the load changes
 from one second to the next; comparing adjacent slots keeps that drift out
 of the ratios, and an identical copy of ``persistent`` measured this way
-stays within a point or two of 1.00x. The report gives medians over rounds.
+stays within a point or two of 1.00x. Each thread makes one untimed request
+before a slot's clock starts, so a slot times steady serving, not a process
+waking from idle. The report gives medians over rounds.
 
 Run ``python benchmarks/django_requests.py`` (``--quick`` for a smoke test,
 ``--json PATH`` to keep the figures, ``--strict`` to exit 1 when the
@@ -294,7 +296,7 @@ class Run:
             # One untimed request first, so that what is timed is serving under
             # steady load, not the wake-up of a process idle since its last
             # slot: cold caches, and django_pool's ping of a connection idle
-            # for longer than validate_after (which steady load never leaves).
+            # for longer than validate_after (steady load keeps it busier).
             try:
                 self.untimed_sessions[index] = request()
             except Exception as exc:
