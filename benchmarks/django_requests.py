@@ -747,12 +747,11 @@ def run_rounds(
                 else:
                     result, reference = run(mode, threads), run(REFERENCE_MODE, threads)
                 runs[REFERENCE_MODE][threads].append(reference)
-                if result is not None and reference is not None:
-                    result["reference_us_per_request"] = reference["us_per_request"]
-                    result["reference_cpu_us_per_request"] = reference["cpu_us_per_request"]
                 runs[mode][threads].append(result)
                 if result is not None and reference is not None:
                     mine, ref = result["us_per_request"], reference["us_per_request"]
+                    result["reference_us_per_request"] = ref
+                    result["reference_cpu_us_per_request"] = reference["cpu_us_per_request"]
                     line.append(
                         f"{mode} {mine:,.0f}/{ref:,.0f}"
                         + (f" ({result['errors']} errors)" if result["errors"] else "")
@@ -784,19 +783,16 @@ def summarize(
         table: dict[str, Any] = {}
         for mode, by_threads in runs.items():
             slots = by_threads[threads]
+            done = [s for s in slots if s and s["requests"]]
             if mode == REFERENCE_MODE:
-                paired = [s for s in slots if s and s["requests"]]
-                ratios = [1.0 for _ in paired]
+                ratios = [1.0 for _ in done]
                 cpu_ratios = list(ratios)
             else:
-                paired = [
-                    s for s in slots if s and s["requests"] and "reference_us_per_request" in s
-                ]
+                paired = [s for s in done if "reference_us_per_request" in s]
                 ratios = [s["us_per_request"] / s["reference_us_per_request"] for s in paired]
                 cpu_ratios = [
                     s["cpu_us_per_request"] / s["reference_cpu_us_per_request"] for s in paired
                 ]
-            done = [s for s in slots if s and s["requests"]]
             us = [s["us_per_request"] for s in done]
             requests = sum(s["requests"] for s in done)
             new_sessions = sum(s["new_sessions"] for s in done)

@@ -85,7 +85,10 @@ class Dialect:
         #: Statement texts seen before whose only effect is to set these bits
         #: (those that clear one, like a switch turned back on, are not kept):
         #: the hot path looks here first, ``state | known[sql]``, and calls
-        #: :meth:`after` on a miss.
+        #: :meth:`after` on a miss. Shared by every thread without a lock:
+        #: each get, set and clear is one atomic dict operation, and a value
+        #: depends only on its key, so a race can only lose an entry (scanned
+        #: again next time), never give a wrong answer.
         self.known: dict[str, int] = {}
 
     def after(self, state: int, sql: object) -> int:

@@ -49,16 +49,18 @@ class PoolEntry:
     wrapper_state: dict[str, Any] = field(default_factory=dict)
     # Set when the entry is closed or replaced: wrappers that kept it look again.
     closed: bool = False
-
-    def __post_init__(self) -> None:
-        # What a wrapper checks at each checkout (see base.PooledWrapperMixin).
-        self.database_name = self.key["NAME"]
-
+    # key["NAME"], what a wrapper compares at each checkout (see
+    # base.PooledWrapperMixin.get_new_connection): an attribute, so a checkout
+    # reads this object only.
+    database_name: str = field(init=False)
     # Returned connections whose session state was reset, or closed because it
     # could not be (see base.PooledWrapperMixin._close); rare, so one lock.
     sessions_reset: int = 0
     sessions_discarded: int = 0
     counters_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.database_name = self.key["NAME"]
 
     def count_session(self, reset: bool) -> None:
         with self.counters_lock:
