@@ -26,11 +26,15 @@ Without ``OPTIONS["pool"]`` every step is Django's own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+from time import monotonic
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.signals import connection_created
+from django.db.utils import DatabaseErrorWrapper
 
 from ..errors import PoolError
 from ..session import DIALECTS, Change, Dialect
@@ -51,6 +55,10 @@ class PooledWrapperMixin:
     # The entry this wrapper borrows from, checked against all its settings
     # once; its wrapper_state (see pools.WRAPPER_STATE) was copied here.
     _known_entry: pools.PoolEntry | None = None
+    # OPTIONS["pool"] and the settings dict pool_options was made from (see
+    # _current_pool_options).
+    _pool_setting: Any = None
+    _pool_settings_dict: dict[str, Any] | None = None
     # What the current borrower may have changed in the session (Change bits,
     # as an int: see session.Change), starting from what is undone on return
     # whatever it is (Change.ALL for session_reset="always").
@@ -71,44 +79,107 @@ class PooledWrapperMixin:
     run_commit_hooks_on_set_autocommit_on: bool
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = "default") -> None:
-        options = settings_dict.get("OPTIONS") or {}
-        self.pool_options = pool_options(options.get("pool"), settings_dict, alias)
-        if "pool" in options:
-            settings_dict = {
-                **settings_dict,
-                "OPTIONS": {k: v for k, v in options.items() if k != "pool"},
-            }
+        # The settings dict is kept as it is, not copied: the test runner
+        # renames the database in it, in place, for --parallel workers, and the
+        # wrappers that threads make later read that same dict. OPTIONS["pool"]
+        # stays in it; Django's own uses of it go through the pool property
+        # and close_pool() below, and the pool's connections are made without
+        # it (pools._new_entry).
+        self._use_pool_setting(self._pool_setting_in(settings_dict, alias), settings_dict, alias)
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
-        if self.pool_options is not None:
-            self._session_dialect = DIALECTS[self.vendor]
+
+    @staticmethod
+    def _pool_setting_in(settings_dict: dict[str, Any], alias: str) -> Any:
+        return (settings_dict.get("OPTIONS") or {}).get("pool") if alias != NO_DB_ALIAS else None
+
+    def _use_pool_setting(self, setting: Any, settings_dict: dict[str, Any], alias: str) -> None:
+        """Check ``OPTIONS["pool"]`` and set the wrapper up for it (or for no pooling)."""
+        options = pool_options(setting, settings_dict, alias)
+        vendor = type(self).vendor
+        detect = False
+        undo_always = 0
+        if options is not None:
+            self._session_dialect = DIALECTS[vendor]
             self._session_known = self._session_dialect.known
-            mode = self.pool_options.session_reset
+            mode = options.session_reset
             if mode == "always" and self._session_dialect.reset_sql(Change.ALL) is None:
                 raise ImproperlyConfigured(
                     f"DATABASES[{alias!r}]['OPTIONS']['pool']: session_reset='always' "
-                    f"would close every connection on return: {self.vendor} sessions cannot "
+                    f"would close every connection on return: {vendor} sessions cannot "
                     "be reset in place; use 'detected' or 'never'"
                 )
             if mode == "always":
-                self._session_undo_always = int(Change.ALL)
-            self._session_detect = mode == "detected"
-            if self._session_detect:
-                self.execute_wrappers.append(self._note_session_changes)
+                undo_always = int(Change.ALL)
+            detect = mode == "detected"
+        self.pool_options = options
+        self._pool_setting = setting
+        self._pool_settings_dict = settings_dict
+        self._session_detect = detect
+        self._session_undo_always = undo_always
+        self._known_entry = None
+
+    def _current_pool_options(self) -> PoolOptions | None:
+        """``pool_options``, read again if ``OPTIONS["pool"]`` or the settings were replaced.
+
+        Django reads that setting each time it is needed, and code (Django's
+        own tests among it) switches pooling on and off on a live wrapper by
+        replacing it: a checkout compares one value to follow that.
+        """
+        settings_dict = self.settings_dict
+        setting = self._pool_setting_in(settings_dict, self.alias)
+        if setting is not self._pool_setting or settings_dict is not self._pool_settings_dict:
+            self._use_pool_setting(setting, settings_dict, self.alias)
+        return self.pool_options
+
+    @property
+    def pool(self) -> Any:
+        """The pool lending this alias's connections, as Django names it; None unpooled.
+
+        Django's PostgreSQL backend (5.1+) asks this property for its built-in
+        pool; when the alias is pooled here, it gets django-pool's, so Django's
+        own checks (no health check on checkout: the pool validates) apply.
+        """
+        if self._current_pool_options() is None:
+            return getattr(super(), "pool", None)
+        return pools.entry_for(self).pool
+
+    def close_pool(self) -> None:
+        """Close this alias's pool (Django 5.1+'s name; :func:`django_pool.close_pools`)."""
+        if self._current_pool_options() is None:
+            close = getattr(super(), "close_pool", None)
+            if close is not None:
+                close()
+            return
+        pools.close_pools(self.alias)
+
+    @functools.cached_property
+    def wrap_database_errors(self) -> DatabaseErrorWrapper:
+        return _PoolErrorsPassWrapper(self)
+
+    def make_cursor(self, cursor: Any) -> Any:
+        return self._scanned(super().make_cursor(cursor))  # type: ignore[misc]
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        return self._scanned(super().make_debug_cursor(cursor))  # type: ignore[misc]
+
+    def _scanned(self, wrapped: Any) -> Any:
+        """Make a Django cursor wrapper scan its statements for session changes.
+
+        Each backend picks its wrapper class inside ``make_cursor()`` and
+        ``make_debug_cursor()``, so the instance is switched to a subclass that
+        only adds the scan (:func:`_scanning_class`). An execute wrapper would
+        see the same statements, but ``connection.execute_wrappers`` is a
+        public list that code reads and expects to hold its own wrappers only.
+        """
+        if self._session_detect:
+            wrapped.__class__ = _scanning_class(wrapped.__class__)
+        return wrapped
 
     def chunked_cursor(self) -> Any:
         cursor = super().chunked_cursor()  # type: ignore[misc]
         if self._session_detect and self._pool_entry is not None:  # borrowed by now
             self._session_changes |= int(self._session_dialect.chunked_cursor_change)
         return cursor
-
-    def _note_session_changes(
-        self, execute: Any, sql: Any, params: Any, many: bool, context: Any
-    ) -> Any:
-        try:  # a statement seen before: one lookup (see Dialect.known)
-            self._session_changes |= self._session_known[sql]
-        except (KeyError, TypeError):  # new, or not a string (unhashable sql.Composed)
-            self._session_changes = self._session_dialect.after(self._session_changes, sql)
-        return execute(sql, params, many, context)
 
     def get_connection_params(self) -> dict[str, Any]:
         if self.pool_options is None:
@@ -120,8 +191,7 @@ class PooledWrapperMixin:
     # Not @async_unsafe, unlike Django's: its only caller, ensure_connection(),
     # checks already, and the check costs as much as a checkout.
     def connect(self) -> None:
-        if self.pool_options is None or self.run_commit_hooks_on_set_autocommit_on:
-            # Unpooled, or commit hooks that Django's set_autocommit() must run.
+        if self._current_pool_options() is None:
             return super().connect()  # type: ignore[misc, no-any-return]
         # Django's connect(), less the steps done once per pool or per
         # connection: check_settings() (when the pool is made), connection
@@ -131,12 +201,21 @@ class PooledWrapperMixin:
         self.savepoint_ids: list[str] = []
         self.atomic_blocks: list[Any] = []
         self.needs_rollback = False
-        self.health_check_enabled = self.settings_dict["CONN_HEALTH_CHECKS"]
-        self.close_at = 0.0  # due at once: CONN_MAX_AGE is 0 with pooling
+        settings_dict = self.settings_dict
+        self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
+        # CONN_MAX_AGE is 0 with pooling: the connection goes back at the end of
+        # the request. One changed in place later (tests do) is honoured as
+        # Django would: the connection is kept that long, then returned.
+        max_age = settings_dict["CONN_MAX_AGE"]
+        self.close_at = 0.0 if max_age == 0 else None if max_age is None else monotonic() + max_age
         self.closed_in_transaction = False
         self.errors_occurred = False
         self.connection = self.get_new_connection({})  # also starts _session_changes
-        self.autocommit = self.settings_dict["AUTOCOMMIT"]
+        self.autocommit = settings_dict["AUTOCOMMIT"]
+        if self.run_commit_hooks_on_set_autocommit_on:
+            # Django's connect() runs these through set_autocommit(); the
+            # connection is in that mode already.
+            self.set_autocommit(self.autocommit)  # type: ignore[attr-defined]
         if connection_created.receivers:
             connection_created.send(sender=self.__class__, connection=self)
         self.run_on_commit: list[Any] = []
@@ -168,14 +247,16 @@ class PooledWrapperMixin:
         self.health_check_done = True
         return conn
 
-    def init_connection_state(self) -> None:
-        if self._pool_entry is None:
-            super().init_connection_state()  # type: ignore[misc]
+    def is_usable(self) -> bool:
+        # Once given back, the wrapper holds no connection: not usable (Django's
+        # PostgreSQL backend says so too; its MySQL one raises AttributeError).
+        return self.connection is not None and bool(super().is_usable())  # type: ignore[misc]
 
     def close_if_unusable_or_obsolete(self) -> None:
         if self.connection is None:  # as at the start of every request
             return None
-        if self._pool_entry is None:
+        if self._pool_entry is None or self.close_at != 0.0:
+            # Unpooled, or CONN_MAX_AGE changed in place: Django's rules.
             return super().close_if_unusable_or_obsolete()  # type: ignore[misc, no-any-return]
         # CONN_MAX_AGE is 0, so Django would close it whatever its state, and
         # _close() sorts good connections from broken ones.
@@ -222,7 +303,7 @@ class PooledWrapperMixin:
         changes = self._session_changes
         if not changes:
             return False
-        discard = not self._reset_session(changes)
+        discard = not self._reset_session(changes, entry)
         entry.count_session(reset=not discard)
         logger.debug(
             "database %r: session changed (%s): %s",
@@ -232,7 +313,7 @@ class PooledWrapperMixin:
         )
         return discard
 
-    def _reset_session(self, changes: int) -> bool:
+    def _reset_session(self, changes: int, entry: pools.PoolEntry) -> bool:
         """Undo ``changes`` on the borrowed connection, in one round trip; False if it can't.
 
         Settings come back to the connection's defaults, so Django's
@@ -249,7 +330,7 @@ class PooledWrapperMixin:
             if changes & (Change.SETTINGS | Change.OTHER):
                 # Settings are back to the connection's defaults: set up again
                 # what Django and the ``configure`` hook set when it was opened.
-                super().init_connection_state()  # type: ignore[misc]
+                entry.set_up(conn)
                 assert self.pool_options is not None  # borrowed, so pooled
                 configure = self.pool_options.engine.get("configure")
                 if configure is not None:
@@ -273,7 +354,7 @@ class PooledWrapperMixin:
             if self.autocommit != wanted:
                 self.connection.rollback()
                 self._set_autocommit(wanted)  # type: ignore[attr-defined]
-            return not self.errors_occurred or bool(self.is_usable())  # type: ignore[attr-defined]
+            return not self.errors_occurred or self.is_usable()
         except Exception:
             return False
 
@@ -284,22 +365,66 @@ class PooledWrapperMixin:
             self._pool_entry = None
 
 
+class _PoolErrorsPassWrapper(DatabaseErrorWrapper):  # type: ignore[misc]
+    """Django's error wrapper, letting django-pool's errors through as they are.
+
+    They are Django ``OperationalError`` subclasses already; on psycopg 3 they
+    are also psycopg_pool's (see :mod:`.errors`), so psycopg errors, which
+    Django's wrapper would replace with a plain ``OperationalError``.
+    """
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if exc_type is None or issubclass(exc_type, PoolError):
+            return
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+class _ScanningCursor:
+    """Put before a Django cursor wrapper class: each statement is scanned, then run.
+
+    ``_execute_with_wrappers`` is where ``execute()`` and ``executemany()``
+    meet, in the plain and the debug wrapper alike (Django 4.2 to 6.1).
+    """
+
+    db: PooledWrapperMixin
+
+    def _execute_with_wrappers(self, sql: Any, params: Any, many: bool, executor: Any) -> Any:
+        db = self.db
+        try:  # a statement seen before: one lookup (see Dialect.known)
+            db._session_changes |= db._session_known[sql]
+        except (KeyError, TypeError):  # new, or not a string (unhashable sql.Composed)
+            db._session_changes = db._session_dialect.after(db._session_changes, sql)
+        return super()._execute_with_wrappers(sql, params, many, executor)  # type: ignore[misc]
+
+
+@functools.cache
+def _scanning_class(wrapper_class: type[Any]) -> type[Any]:
+    """``wrapper_class`` with the session scan added, made once per class."""
+    return type(
+        wrapper_class.__name__,
+        (_ScanningCursor, wrapper_class),
+        {"__module__": __name__, "__doc__": wrapper_class.__doc__},
+    )
+
+
 class PooledCreationMixin:
     """Test databases: close the alias's pool before dropping or cloning one.
 
     PostgreSQL refuses to drop a database, or to use it as a clone's template
     (``--parallel``), while sessions are open on it; the pool's idle
-    connections are such sessions.
+    connections are such sessions, and so are those of any alias a test made
+    on the same database (``connections.create_connection``, ``copy()``).
     """
 
     connection: PooledWrapperMixin
 
     def _destroy_test_db(self, test_database_name: str, verbosity: int) -> None:
-        pools.close_pools(self.connection.alias, timeout=0)
+        pools.close_database_pools(self.connection.settings_dict, test_database_name)
         super()._destroy_test_db(test_database_name, verbosity)  # type: ignore[misc]
 
     def _clone_test_db(self, suffix: str, verbosity: int, keepdb: bool = False) -> None:
-        pools.close_pools(self.connection.alias, timeout=0)
+        settings_dict = self.connection.settings_dict
+        pools.close_database_pools(settings_dict, settings_dict["NAME"])
         super()._clone_test_db(suffix, verbosity, keepdb)  # type: ignore[misc]
 
 

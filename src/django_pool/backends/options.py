@@ -77,9 +77,10 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
     max_age = settings_dict.get("CONN_MAX_AGE", 0)
     if max_age != 0:
         raise ImproperlyConfigured(
-            f"DATABASES[{alias!r}]['CONN_MAX_AGE'] must be 0 with pooling, got {max_age!r}: "
-            "connections go back to the pool at the end of each request instead of "
-            "staying with a thread"
+            # Django's built-in pool's words first: code and tests look for them.
+            f"Pooling doesn't support persistent connections. DATABASES[{alias!r}]"
+            f"['CONN_MAX_AGE'] must be 0 with pooling, got {max_age!r}: connections go "
+            "back to the pool at the end of each request instead of staying with a thread"
         )
 
     session_reset = options.pop(_SESSION_RESET, SESSION_RESET_CHOICES[0])

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from django.core.signals import setting_changed
+
 from ..pool import Pool
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ class PoolEntry:
     # The alias's settings the pool was made with; never shown (the password).
     key: dict[str, Any] = field(repr=False)
     pool: Pool
+    #: Django's per-connection setup (autocommit, time zone, role, isolation
+    #: level...), run on each new connection and again after a session reset.
+    set_up: Callable[[Any], None]
     wrapper_state: dict[str, Any] = field(default_factory=dict)
     # Set when the entry is closed or replaced: wrappers that kept it look again.
     closed: bool = False
@@ -111,27 +116,32 @@ def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
 
 
 def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
-    settings_dict = dict(wrapper.settings_dict)
+    # The connections are made as without pooling: with OPTIONS["pool"],
+    # Django's backends would make their own pool or pass it to the driver.
+    settings_dict = {**key, "OPTIONS": {k: v for k, v in key["OPTIONS"].items() if k != "pool"}}
     alias = wrapper.alias
     wrapper_class = type(wrapper)
     assert wrapper.pool_options is not None
     arguments = dict(wrapper.pool_options.engine)
     wrapper_state: dict[str, Any] = {}
 
-    def connect() -> Any:
-        # A throw-away unpooled wrapper runs Django's own connect steps, so the
-        # physical connection is set up exactly as without pooling, once.
+    def set_up(conn: Any) -> None:
+        # A throw-away unpooled wrapper runs Django's own per-connection steps,
+        # so the connection is set up exactly as without pooling.
         maker: Any = wrapper_class(settings_dict, alias)
-        maker.pool_options = None
+        maker.connection = conn
+        maker.set_autocommit(settings_dict["AUTOCOMMIT"])
+        maker.init_connection_state()
+        wrapper_state.update((a, maker.__dict__[a]) for a in WRAPPER_STATE if a in maker.__dict__)
+
+    def connect() -> Any:
+        maker: Any = wrapper_class(settings_dict, alias)
         conn = maker.get_new_connection(maker.get_connection_params())
         try:
-            maker.connection = conn
-            maker.set_autocommit(settings_dict["AUTOCOMMIT"])
-            maker.init_connection_state()
+            set_up(conn)
         except BaseException:
             conn.close()
             raise
-        wrapper_state.update((a, maker.__dict__[a]) for a in WRAPPER_STATE if a in maker.__dict__)
         return conn
 
     password = settings_dict.get("PASSWORD") or ""
@@ -144,7 +154,7 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
         pool.max_size,
         pool.timeout,
     )
-    return PoolEntry(key, pool, wrapper_state)
+    return PoolEntry(key, pool, set_up, wrapper_state)
 
 
 def get_pool(alias: str = "default") -> Pool | None:
@@ -177,17 +187,47 @@ def close_pools(alias: str | None = None, timeout: float = 5.0) -> None:
     Idle connections close now, lent ones when they are returned. The next
     query makes a new pool.
     """
+    _close_where(lambda name, _: alias is None or name == alias, timeout)
+
+
+def close_database_pools(settings_dict: dict[str, Any], database_name: str) -> None:
+    """Close every pool, whatever its alias, on ``database_name`` of that server.
+
+    Before the test runner drops or clones a test database: aliases made
+    during the tests (``connections.create_connection()``, a wrapper's
+    ``copy()`` under a new alias) have pools on it too.
+    """
+    server = [settings_dict.get(setting) for setting in ("HOST", "PORT")]
+
+    def on_database(_: str, entry: PoolEntry) -> bool:
+        key = entry.key
+        return key["NAME"] == database_name and [key.get("HOST"), key.get("PORT")] == server
+
+    _close_where(on_database, timeout=0)
+
+
+def _close_where(wanted: Callable[[str, PoolEntry], bool], timeout: float) -> None:
     with _lock:
-        if alias is None:
-            entries = list(_entries.values())
-            _entries.clear()
-        else:
-            entry = _entries.pop(alias, None)
-            entries = [entry] if entry is not None else []
+        closing = [alias for alias, entry in _entries.items() if wanted(alias, entry)]
+        entries = [_entries.pop(alias) for alias in closing]
     for entry in entries:
         logger.debug("pool %r: closing", entry.pool.name)
         entry.closed = True
         entry.pool.close(timeout=timeout)
+
+
+def _time_zone_changed(setting: str, **kwargs: Any) -> None:
+    """Replace every pooled connection when ``TIME_ZONE`` or ``USE_TZ`` change.
+
+    A connection's session time zone is set when it is opened, and Django
+    reads datetimes assuming it is the current one: after the change (an
+    ``override_settings`` in tests) idle connections would return values
+    shifted by hours. Lent ones are replaced when they come back; Django sets
+    the zone on the caller's own connection itself.
+    """
+    if setting in ("TIME_ZONE", "USE_TZ"):
+        for entry in list(_entries.values()):
+            entry.pool.drain()
 
 
 def _close_at_exit() -> None:
@@ -218,3 +258,4 @@ def _forget_inherited_connections() -> None:
 
 atexit.register(_close_at_exit)
 os.register_at_fork(after_in_child=_forget_inherited_connections)
+setting_changed.connect(_time_zone_changed, dispatch_uid="django_pool.time_zone_changed")

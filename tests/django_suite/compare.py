@@ -1,0 +1,222 @@
+"""Run Django's own test suite through Django's backend and through django-pool's; compare.
+
+    python -m tests.django_suite.compare --django PATH --vendor postgresql [--driver psycopg2]
+        [--pool '{"release": "transaction"}'] [--parallel 2] [labels...]
+
+``PATH`` is an unpacked Django sdist (the one matching the installed Django).
+Both runs use the same settings (:mod:`tests.django_suite.settings`) but for
+the ENGINE and ``OPTIONS["pool"]``, and run at the same time on the same server
+under different database names. Every test whose outcome differs between
+them is printed; the exit status is 1 if any differs and is not listed in
+``known_differences.toml`` with the reason pooling alone must cause it.
+
+The server is the one :mod:`django_pool.testservers` finds (``PGHOST``... /
+``MYSQL_HOST``...; an embedded PostgreSQL when none answers). Without a MySQL
+server, a MySQL run says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from django_pool import testservers
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+#: The labels the pooled backends must pass as Django's own do.
+LABELS = [
+    "backends",
+    "transactions",
+    "basic",
+    "select_for_update",
+    "queries",
+    "get_or_create",
+    "bulk_create",
+    "model_fields",
+    "timezones",
+    "db_functions",
+    "expressions",
+    "update",
+    "delete",
+    "raw_query",
+    "custom_lookups",
+    "test_utils",
+    "servers",
+    "async",
+    "migrations",
+    "schema",
+    "indexes",
+    "constraints",
+    "postgres_tests",
+    "inspectdb",
+    "introspection",
+    "fixtures",
+    "serializers",
+    "aggregation",
+    "annotations",
+]
+
+FAILED = frozenset({"failure", "error", "unexpected success", "missing"})
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    pooled: bool
+    results: Path
+    log: Path
+
+
+def server_env(vendor: str) -> dict[str, str] | None:
+    """DJANGO_SUITE_* variables naming the server, or None if there is no MySQL server."""
+    if vendor == "postgresql":
+        pg = testservers.postgres_server()
+        host, port, user, password = pg.host, pg.port, pg.user, pg.password
+    else:
+        my = testservers.mysql_server()
+        if my is None:
+            return None
+        host, port, user, password = my.host, my.port, my.user, my.password
+    return {
+        "DJANGO_SUITE_VENDOR": vendor,
+        "DJANGO_SUITE_HOST": host,
+        "DJANGO_SUITE_PORT": str(port),
+        "DJANGO_SUITE_USER": user,
+        "DJANGO_SUITE_PASSWORD": password,
+    }
+
+
+def start(
+    run: Run, django: Path, base_env: dict[str, str], args: argparse.Namespace
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **base_env,
+        "DJANGO_SUITE_POOLED": "1" if run.pooled else "0",
+        "DJANGO_SUITE_POOL": args.pool,
+        "DJANGO_SUITE_PREFIX": f"djs_{run.name}",
+        "DJANGO_SUITE_RESULTS": str(run.results),
+    }
+    path = [str(REPO)]
+    if args.driver == "psycopg2":
+        path.insert(0, str(HERE / "hide_psycopg3"))
+    env["PYTHONPATH"] = os.pathsep.join([*path, env.get("PYTHONPATH", "")])
+    command = [
+        sys.executable,
+        "runtests.py",
+        "--settings=tests.django_suite.settings",
+        f"--parallel={args.parallel}",
+        "--noinput",
+        "-v",
+        "2",
+        *args.labels,
+    ]
+    run.results.unlink(missing_ok=True)
+    with run.log.open("wb") as log:
+        return subprocess.Popen(command, cwd=django / "tests", env=env, stdout=log, stderr=log)
+
+
+def outcomes(run: Run) -> tuple[dict[str, str], dict[str, str]]:
+    if not run.results.exists():
+        tail = run.log.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(f"the {run.name} run wrote no results; its log ends:\n" + "\n".join(tail))
+    data = json.loads(run.results.read_text())
+    return data["outcomes"], data["details"]
+
+
+def known_differences(vendor: str, driver: str, pool: str) -> dict[str, str]:
+    """Tests allowed to differ in this configuration, with why pooling must cause it."""
+    listed = tomllib.loads((HERE / "known_differences.toml").read_text())
+    allowed = {}
+    for entry in listed.get("difference", []):
+        if entry.get("vendor", vendor) != vendor or entry.get("driver", driver) != driver:
+            continue
+        if "release" in entry and entry["release"] not in pool:
+            continue
+        allowed[entry["test"]] = entry["why"]
+    return allowed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--django", type=Path, required=True, help="an unpacked Django sdist")
+    parser.add_argument("--vendor", choices=("postgresql", "mysql"), default="postgresql")
+    parser.add_argument("--driver", choices=("psycopg", "psycopg2", "mysqlclient"))
+    parser.add_argument("--pool", default="true", help='OPTIONS["pool"] as JSON')
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("django-suite-results"))
+    parser.add_argument("--pooled-only", action="store_true", help="skip the stock run")
+    parser.add_argument("labels", nargs="*", default=list(LABELS))
+    args = parser.parse_args()
+    args.driver = args.driver or ("psycopg" if args.vendor == "postgresql" else "mysqlclient")
+    json.loads(args.pool)  # fail now, not in both runs
+
+    base_env = server_env(args.vendor)
+    if base_env is None:
+        print(f"SKIPPED: {testservers.mysql_unavailable_reason()}", flush=True)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"{args.vendor}-{args.driver}-p{args.parallel}"
+    runs = [
+        Run(
+            name, name == "pooled", args.out / f"{tag}-{name}.json", args.out / f"{tag}-{name}.log"
+        )
+        for name in ("stock", "pooled")
+        if not (args.pooled_only and name == "stock")
+    ]
+    started = time.monotonic()
+    print(
+        f"Django's suite ({len(args.labels)} labels) on {args.vendor} with {args.driver}, "
+        f"pool={args.pool}, --parallel {args.parallel}: {', '.join(r.name for r in runs)}; "
+        f"logs in {args.out}",
+        flush=True,
+    )
+    processes = [start(run, args.django, base_env, args) for run in runs]
+    for process in processes:
+        process.wait()
+    print(f"both runs took {time.monotonic() - started:.0f} s", flush=True)
+
+    results = {run.name: outcomes(run) for run in runs}
+    for name, (found, _) in results.items():
+        counts = Counter(found.values())
+        print(f"  {name}: {len(found)} tests, " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    pooled, pooled_details = results["pooled"]
+    stock = results["stock"][0] if "stock" in results else {}
+    allowed = known_differences(args.vendor, args.driver, args.pool)
+    unexplained = []
+    for test in sorted(set(pooled) | set(stock)):
+        mine, theirs = pooled.get(test, "missing"), stock.get(test, "missing")
+        if "stock" not in results:
+            theirs = "ok"
+            if mine not in FAILED:
+                continue
+        if mine == theirs:
+            continue
+        why = allowed.get(test)
+        print(f"  {'known' if why else 'DIFFERS'}: {test}: stock {theirs}, pooled {mine}")
+        if why:
+            print(f"      why: {why}")
+        else:
+            unexplained.append(test)
+            detail = pooled_details.get(test)
+            if detail:
+                print("      " + "\n      ".join(detail.strip().splitlines()[-6:]))
+    if unexplained:
+        print(f"FAILED: {len(unexplained)} tests differ through django-pool", flush=True)
+        return 1
+    print("OK: the same per-test results through django-pool", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
