@@ -143,7 +143,8 @@ def known_differences(vendor: str, driver: str, pool: str) -> dict[str, str]:
             continue
         if "release" in entry and entry["release"] not in pool:
             continue
-        allowed[entry["test"]] = entry["why"]
+        for test in entry["tests"]:
+            allowed[test] = entry["why"]
     return allowed
 
 
@@ -205,7 +206,7 @@ def main() -> int:
         why = allowed.get(test)
         print(f"  {'known' if why else 'DIFFERS'}: {test}: stock {theirs}, pooled {mine}")
         if why:
-            print(f"      why: {why}")
+            print("      why: " + " ".join(why.split()))
         else:
             unexplained.append(test)
             detail = pooled_details.get(test)

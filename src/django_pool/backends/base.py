@@ -85,12 +85,17 @@ class PooledWrapperMixin:
         # stays in it; Django's own uses of it go through the pool property
         # and close_pool() below, and the pool's connections are made without
         # it (pools._new_entry).
+        if alias == NO_DB_ALIAS and "pool" in (settings_dict.get("OPTIONS") or {}):
+            # Django's throw-away copy for server-level statements (creating
+            # the test database...): never pooled, by Django's pool either.
+            options = {k: v for k, v in settings_dict["OPTIONS"].items() if k != "pool"}
+            settings_dict = {**settings_dict, "OPTIONS": options}
         self._use_pool_setting(self._pool_setting_in(settings_dict, alias), settings_dict, alias)
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
 
     @staticmethod
     def _pool_setting_in(settings_dict: dict[str, Any], alias: str) -> Any:
-        return (settings_dict.get("OPTIONS") or {}).get("pool") if alias != NO_DB_ALIAS else None
+        return (settings_dict.get("OPTIONS") or {}).get("pool")
 
     def _use_pool_setting(self, setting: Any, settings_dict: dict[str, Any], alias: str) -> None:
         """Check ``OPTIONS["pool"]`` and set the wrapper up for it (or for no pooling)."""
@@ -183,7 +188,10 @@ class PooledWrapperMixin:
 
     def get_connection_params(self) -> dict[str, Any]:
         if self.pool_options is None:
-            return super().get_connection_params()  # type: ignore[misc, no-any-return]
+            params: dict[str, Any] = super().get_connection_params()  # type: ignore[misc]
+            # OPTIONS["pool"] switched off (False or None): not a driver option.
+            params.pop("pool", None)
+            return params
         # Borrowing needs no parameters: the pool's connections are made by an
         # unpooled wrapper with Django's own (see pools.entry_for).
         return {}

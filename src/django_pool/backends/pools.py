@@ -125,20 +125,28 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
     arguments = dict(wrapper.pool_options.engine)
     wrapper_state: dict[str, Any] = {}
 
-    def set_up(conn: Any) -> None:
-        # A throw-away unpooled wrapper runs Django's own per-connection steps,
-        # so the connection is set up exactly as without pooling.
+    def unpooled_wrapper() -> tuple[Any, dict[str, Any]]:
+        # A throw-away unpooled wrapper runs Django's own connect steps, so the
+        # connection is set up exactly as without pooling. Its connection
+        # parameters are computed even when only set_up() follows: Django's
+        # MySQL backend sets isolation_level there.
         maker: Any = wrapper_class(settings_dict, alias)
+        return maker, maker.get_connection_params()
+
+    def set_up_with(maker: Any, conn: Any) -> None:
         maker.connection = conn
         maker.set_autocommit(settings_dict["AUTOCOMMIT"])
         maker.init_connection_state()
         wrapper_state.update((a, maker.__dict__[a]) for a in WRAPPER_STATE if a in maker.__dict__)
 
+    def set_up(conn: Any) -> None:
+        set_up_with(unpooled_wrapper()[0], conn)
+
     def connect() -> Any:
-        maker: Any = wrapper_class(settings_dict, alias)
-        conn = maker.get_new_connection(maker.get_connection_params())
+        maker, params = unpooled_wrapper()
+        conn = maker.get_new_connection(params)
         try:
-            set_up(conn)
+            set_up_with(maker, conn)
         except BaseException:
             conn.close()
             raise
