@@ -260,6 +260,20 @@ class PooledWrapperMixin:
         # PostgreSQL backend says so too; its MySQL one raises AttributeError).
         return self.connection is not None and bool(super().is_usable())  # type: ignore[misc]
 
+    def close_if_health_check_failed(self) -> None:
+        if self._pool_entry is None:
+            return super().close_if_health_check_failed()  # type: ignore[misc, no-any-return]
+        # Due only while CONN_MAX_AGE, changed in place, keeps a connection past
+        # its request (a checkout is checked by the pool). Django's check, but
+        # a connection that fails it is closed, not returned to be lent again.
+        if self.health_check_enabled and not self.health_check_done:
+            if not self.is_usable():
+                with contextlib.suppress(Exception):
+                    self.connection.close()
+                self.close()  # type: ignore[attr-defined]
+            self.health_check_done = True
+        return None
+
     def close_if_unusable_or_obsolete(self) -> None:
         if self.connection is None:  # as at the start of every request
             return None

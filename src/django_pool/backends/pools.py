@@ -152,6 +152,9 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
             raise
         return conn
 
+    # Django's checks of the connection parameters (an invalid isolation
+    # level...) raise here, to the first caller, not in a connector thread.
+    unpooled_wrapper()
     password = settings_dict.get("PASSWORD") or ""
     pool = Pool(connect, secrets=[password] if password else (), **arguments)
     logger.info(
