@@ -26,7 +26,12 @@ import nox
 MATRIX = [("3.11", "4.2"), ("3.11", "5.2"), ("3.12", "6.1")]
 LINT_PYTHON = "3.11"
 
-nox.options.sessions = ["lint", "tests"]
+# Django's own suite runs for one Django version by default (time); the other
+# is one command away: nox -s "django_suite(py3.12-django6.1)".
+SUITE_MATRIX = [("3.11", "5.2"), ("3.12", "6.1")]
+SUITE_DEFAULT = "django_suite(py3.11-django5.2)"
+
+nox.options.sessions = ["lint", "tests", SUITE_DEFAULT]
 # A missing interpreter is an error, not a silent skip: a green run must mean
 # that every pair of the matrix was tested.
 nox.options.error_on_missing_interpreters = True
@@ -54,7 +59,7 @@ def _put_pyenv_pythons_on_path() -> None:
     versions = _pyenv_versions_dir()
     if versions is None:
         return
-    wanted = {python for python, _ in MATRIX} | {LINT_PYTHON}
+    wanted = {python for python, _ in [*MATRIX, *SUITE_MATRIX]} | {LINT_PYTHON}
     found: dict[str, tuple[tuple[int, ...], Path]] = {}
     for folder in versions.iterdir():
         match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", folder.name)
@@ -135,3 +140,55 @@ def tests(session: nox.Session, django: str) -> None:
     session.install("-e", ".[dev]", f"Django>={major}.{minor},<{major}.{minor + 1}")
     session.run("python", "-c", "import django; print('Django', django.get_version())")
     session.run("pytest", *session.posargs)
+
+
+# What Django's own tests need beyond Django and the drivers, for the labels
+# tests/django_suite runs (tblib: errors from --parallel workers).
+SUITE_REQUIREMENTS = ["tblib>=1.5", "Pillow>=6.2", "PyYAML", "numpy", "sqlparse>=0.3.1", "jinja2"]
+
+
+@nox.session
+@nox.parametrize(
+    ("python", "django"),
+    [
+        nox.param(python, django, id=f"py{python}-django{django}")
+        for python, django in SUITE_MATRIX
+    ],
+)
+def django_suite(session: nox.Session, django: str) -> None:
+    """Django's own test suite through django-pool and through Django's backends, compared.
+
+    Downloads the sdist of the installed Django release (kept in nox's
+    cache), then runs tests/django_suite/compare.py on PostgreSQL (psycopg 3
+    and psycopg2) and MariaDB/MySQL; fails on any test whose result differs
+    and is not explained in tests/django_suite/known_differences.toml.
+    Arguments after ``--`` go to every compare.py run (``-- --pool '{...}'``).
+    """
+    _ensure_mysqlclient_build_deps(session)
+    major, minor = (int(part) for part in django.split("."))
+    session.install("-e", ".[dev]", f"Django>={major}.{minor},<{major}.{minor + 1}")
+    session.install(*SUITE_REQUIREMENTS)
+    version = session.run(
+        "python", "-c", "import django; print(django.get_version())", silent=True
+    ).strip()
+    sources = Path(session.cache_dir) / "django-sources"
+    tree = sources / f"django-{version}"
+    if not (tree / "tests" / "runtests.py").exists():
+        sources.mkdir(parents=True, exist_ok=True)
+        session.run(
+            "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+            f"Django=={version}", "--dest", str(sources),
+        )  # fmt: skip
+        archive = next(sources.glob(f"[Dd]jango-{version}.tar.gz"))
+        session.run("tar", "-xzf", str(archive), "-C", str(sources), external=True)
+    out = Path(session.create_tmp()) / "django-suite-results"
+    runs = [
+        ["--vendor", "postgresql", "--driver", "psycopg", "--parallel", "2"],
+        ["--vendor", "postgresql", "--driver", "psycopg2", "--parallel", "2"],
+        ["--vendor", "mysql", "--parallel", "2"],
+    ]
+    for run in runs:
+        session.run(
+            "python", "-m", "tests.django_suite.compare", "--django", str(tree),
+            "--out", str(out), *run, *session.posargs,
+        )  # fmt: skip
