@@ -39,7 +39,7 @@ from types import CodeType
 from typing import Any
 
 from . import fork
-from .adapters import BROKEN, IDLE, Adapter, adapter_for
+from .adapters import BROKEN, IDLE, IN_TRANSACTION, Adapter, adapter_for
 from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
 from .histogram import Histogram, HistogramSnapshot
 from .redact import redact
@@ -466,6 +466,10 @@ class Pool:
             spawn = self._connectors_to_start_locked()
         self._close_quietly(conn)
         self._start_threads(spawn, False)
+
+    def in_transaction(self, conn: Any) -> bool:
+        """True if the driver reports a transaction open on ``conn`` (no I/O)."""
+        return self._adapter_of(conn).state(conn) == IN_TRANSACTION
 
     def _restore(self, conn: Any, state: int) -> bool:
         """Bring a returned connection back to a clean state; False if it is unusable."""

@@ -43,9 +43,18 @@ class Change(enum.IntFlag):
     ALL = (
         SETTINGS | TEMP | LISTEN | PREPARED | ADVISORY_LOCKS | CURSORS | CONSTRAINT_CHECKS | OTHER
     )
+    # Not session state: a transaction opened by a statement (BEGIN, START
+    # TRANSACTION) rather than by Django, until COMMIT or ROLLBACK. A rollback
+    # undoes it; mysqlclient cannot tell it is open.
+    TRANSACTION = enum.auto()
 
 
 _OTHER = int(Change.OTHER)
+_TRANSACTION = int(Change.TRANSACTION)
+# Statements that open and end a transaction, in every dialect.
+_TRANSACTION_LEADING = (("BEGIN", Change.TRANSACTION), ("START", Change.TRANSACTION))
+_TRANSACTION_ENDS = frozenset({"COMMIT", "ROLLBACK", "END", "ABORT"})
+_TO_SAVEPOINT = re.compile(r"\s+(?:WORK\s+|TRANSACTION\s+)?TO\b", re.IGNORECASE)
 _SETTINGS = int(Change.SETTINGS)
 _ALL = int(Change.ALL)
 
@@ -74,7 +83,9 @@ class Dialect:
     chunked_cursor_change = Change.NONE
 
     def __init__(self) -> None:
-        self._leading_change = {keyword: int(change) for keyword, change in self.leading}
+        leading = (*self.leading, *_TRANSACTION_LEADING)
+        self._leading_change = {keyword: int(change) for keyword, change in leading}
+        self._leading_change.update(dict.fromkeys(_TRANSACTION_ENDS, 0))
         self._anywhere = [
             (needle, confirm, int(change)) for needle, confirm, change in self.anywhere
         ]
@@ -99,7 +110,8 @@ class Dialect:
         if len(sql) > _KNOWN_MAX_LENGTH:
             return self._scan(state, sql)
         bits = self._scan(0, sql)
-        if self._scan(_ALL, sql) != _ALL:  # it clears a bit: depends on the state
+        every = _ALL | _TRANSACTION
+        if self._scan(every, sql) != every:  # it clears a bit: depends on the state
             return self._scan(state, sql)
         if len(self.known) >= _KNOWN_MAX:
             self.known.clear()
@@ -125,6 +137,9 @@ class Dialect:
         if match is None:
             return state
         keyword = match[1].upper()
+        if keyword in _TRANSACTION_ENDS:
+            # ROLLBACK TO SAVEPOINT leaves the transaction open.
+            return state if _TO_SAVEPOINT.match(statement, match.end()) else state & ~_TRANSACTION
         if keyword != "SET":
             return state | self._leading_change[keyword]
         if self.transaction_scoped_set.match(statement):

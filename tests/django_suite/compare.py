@@ -97,7 +97,7 @@ def server_env(vendor: str) -> dict[str, str] | None:
 
 
 def start(
-    run: Run, django: Path, base_env: dict[str, str], args: argparse.Namespace
+    run: Run, labels: list[str], parallel: int, base_env: dict[str, str], args: argparse.Namespace
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -115,15 +115,17 @@ def start(
         sys.executable,
         "runtests.py",
         "--settings=tests.django_suite.settings",
-        f"--parallel={args.parallel}",
+        f"--parallel={parallel}",
         "--noinput",
         "-v",
         "2",
-        *args.labels,
+        *labels,
     ]
     run.results.unlink(missing_ok=True)
     with run.log.open("wb") as log:
-        return subprocess.Popen(command, cwd=django / "tests", env=env, stdout=log, stderr=log)
+        return subprocess.Popen(
+            command, cwd=args.django / "tests", env=env, stdout=log, stderr=log
+        )
 
 
 def outcomes(run: Run) -> tuple[dict[str, str], dict[str, str]]:
@@ -166,41 +168,85 @@ def main() -> int:
     if base_env is None:
         print(f"SKIPPED: {testservers.mysql_unavailable_reason()}", flush=True)
         return 0
+    args.out = args.out.resolve()  # the runs work in the Django tree
     args.out.mkdir(parents=True, exist_ok=True)
     tag = f"{args.vendor}-{args.driver}-p{args.parallel}"
-    runs = [
-        Run(
-            name, name == "pooled", args.out / f"{tag}-{name}.json", args.out / f"{tag}-{name}.log"
-        )
-        for name in ("stock", "pooled")
-        if not (args.pooled_only and name == "stock")
-    ]
-    started = time.monotonic()
     print(
         f"Django's suite ({len(args.labels)} labels) on {args.vendor} with {args.driver}, "
-        f"pool={args.pool}, --parallel {args.parallel}: {', '.join(r.name for r in runs)}; "
-        f"logs in {args.out}",
+        f"pool={args.pool}, --parallel {args.parallel}; logs in {args.out}",
         flush=True,
     )
-    processes = [start(run, args.django, base_env, args) for run in runs]
+    names = ["pooled"] if args.pooled_only else ["stock", "pooled"]
+    results = run_all(names, tag, args.labels, args.parallel, True, base_env, args)
+    allowed = known_differences(args.vendor, args.driver, args.pool)
+    differing = compare(results, allowed)
+    if differing:
+        # A second opinion, one run after the other: timing tests (and the
+        # like) differ on a busy machine whichever backend runs them.
+        print(f"running the {len(differing)} differing tests again, one run at a time")
+        labels = [_label(test) for test in differing]
+        again = run_all(names, f"{tag}-again", labels, 1, False, base_env, args)
+        persistent = compare(again, allowed)
+        for test in sorted(set(differing) - set(persistent)):
+            print(f"  flaky: {test}: the same through both backends when run again")
+        if persistent:
+            print(f"FAILED: {len(persistent)} tests differ through django-pool", flush=True)
+            return 1
+    print("OK: the same per-test results through django-pool", flush=True)
+    return 0
+
+
+def _label(test: str) -> str:
+    """A test id as a runtests.py label; setUpClass errors are named "setUpClass (Class)"."""
+    return test.split(" (", 1)[1].rstrip(")") if " (" in test else test
+
+
+def run_all(
+    names: list[str],
+    tag: str,
+    labels: list[str],
+    parallel: int,
+    together: bool,
+    base_env: dict[str, str],
+    args: argparse.Namespace,
+) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
+    """Run the suite through each backend named (at the same time if ``together``)."""
+    out = args.out
+    runs = [
+        Run(name, name == "pooled", out / f"{tag}-{name}.json", out / f"{tag}-{name}.log")
+        for name in names
+    ]
+    started = time.monotonic()
+    processes: list[subprocess.Popen[bytes]] = []
+    for run in runs:
+        processes.append(start(run, labels, parallel, base_env, args))
+        if not together:
+            processes[-1].wait()
     for process in processes:
         process.wait()
-    print(f"both runs took {time.monotonic() - started:.0f} s", flush=True)
-
+    print(f"  {' and '.join(names)} took {time.monotonic() - started:.0f} s", flush=True)
     results = {run.name: outcomes(run) for run in runs}
     for name, (found, _) in results.items():
         counts = Counter(found.values())
         print(f"  {name}: {len(found)} tests, " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return results
+
+
+def compare(
+    results: dict[str, tuple[dict[str, str], dict[str, str]]], allowed: dict[str, str]
+) -> list[str]:
+    """Print every test whose outcome differs; return those not explained in ``allowed``."""
     pooled, pooled_details = results["pooled"]
-    stock = results["stock"][0] if "stock" in results else {}
-    allowed = known_differences(args.vendor, args.driver, args.pool)
+    stock = results["stock"][0] if "stock" in results else None
     unexplained = []
-    for test in sorted(set(pooled) | set(stock)):
-        mine, theirs = pooled.get(test, "missing"), stock.get(test, "missing")
-        if "stock" not in results:
+    for test in sorted(set(pooled) | set(stock or ())):
+        mine = pooled.get(test, "missing")
+        if stock is None:  # --pooled-only: a failure is a difference
             theirs = "ok"
             if mine not in FAILED:
                 continue
+        else:
+            theirs = stock.get(test, "missing")
         if mine == theirs:
             continue
         why = allowed.get(test)
@@ -212,11 +258,7 @@ def main() -> int:
             detail = pooled_details.get(test)
             if detail:
                 print("      " + "\n      ".join(detail.strip().splitlines()[-6:]))
-    if unexplained:
-        print(f"FAILED: {len(unexplained)} tests differ through django-pool", flush=True)
-        return 1
-    print("OK: the same per-test results through django-pool", flush=True)
-    return 0
+    return unexplained
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ if _mysql is not None:
         "OPTIONS": {"pool": POOL},
     }
 
+# release="transaction" twins of the pooled aliases, on the same test databases.
+for _alias in [alias for alias in ("default", "mysql") if alias in DATABASES]:
+    DATABASES[f"{_alias}_tx"] = {
+        **DATABASES[_alias],
+        "OPTIONS": {"pool": {**POOL, "release": "transaction"}},
+        "TEST": {"MIRROR": _alias},
+    }
+
 if os.environ.get("DJANGO_POOL_TEST_PG_DRIVER") == "psycopg2":
     # Last, once the servers were found (testservers keeps its own psycopg).
     sys.modules["psycopg"] = None  # type: ignore[assignment]

@@ -39,13 +39,17 @@ from django.db.utils import DatabaseErrorWrapper
 from ..errors import PoolError
 from ..session import DIALECTS, Change, Dialect
 from . import pools
+from .cursors import pooled_cursor_class
 from .errors import database_error
 from .options import PoolOptions, pool_options
+from .release import TransactionRelease
 
 logger = logging.getLogger("django_pool")
 
+_TRANSACTION = int(Change.TRANSACTION)
 
-class PooledWrapperMixin:
+
+class PooledWrapperMixin(TransactionRelease):
     """Mixed in before a Django ``DatabaseWrapper`` class (see :func:`pooled`)."""
 
     #: ``OPTIONS["pool"]``, checked; None when pooling is off.
@@ -121,6 +125,7 @@ class PooledWrapperMixin:
         self._pool_settings_dict = settings_dict
         self._session_detect = detect
         self._session_undo_always = undo_always
+        self._set_release(options is not None and options.release == "transaction")
         self._known_entry = None
 
     def _current_pool_options(self) -> PoolOptions | None:
@@ -162,27 +167,24 @@ class PooledWrapperMixin:
         return _PoolErrorsPassWrapper(self)
 
     def make_cursor(self, cursor: Any) -> Any:
-        return self._scanned(super().make_cursor(cursor))  # type: ignore[misc]
+        return self._pooled_cursor(super().make_cursor(cursor))  # type: ignore[misc]
 
     def make_debug_cursor(self, cursor: Any) -> Any:
-        return self._scanned(super().make_debug_cursor(cursor))  # type: ignore[misc]
+        return self._pooled_cursor(super().make_debug_cursor(cursor))  # type: ignore[misc]
 
-    def _scanned(self, wrapped: Any) -> Any:
-        """Make a Django cursor wrapper scan its statements for session changes.
-
-        Each backend picks its wrapper class inside ``make_cursor()`` and
-        ``make_debug_cursor()``, so the instance is switched to a subclass that
-        only adds the scan (:func:`_scanning_class`). An execute wrapper would
-        see the same statements, but ``connection.execute_wrappers`` is a
-        public list that code reads and expects to hold its own wrappers only.
-        """
-        if self._session_detect:
-            wrapped.__class__ = _scanning_class(wrapped.__class__)
+    def _pooled_cursor(self, wrapped: Any) -> Any:
+        """Switch a Django cursor wrapper to its pooled subclass (see :mod:`.cursors`)."""
+        if self._session_detect:  # always so with release="transaction"
+            wrapped.__class__ = pooled_cursor_class(wrapped.__class__)
+            if self._release_per_transaction:
+                self._count_cursor(wrapped)
         return wrapped
 
     def chunked_cursor(self) -> Any:
         cursor = super().chunked_cursor()  # type: ignore[misc]
-        if self._session_detect and self._pool_entry is not None:  # borrowed by now
+        if self._release_per_transaction:
+            self._count_chunked(cursor)
+        elif self._session_detect and self._pool_entry is not None:  # borrowed by now
             self._session_changes |= int(self._session_dialect.chunked_cursor_change)
         return cursor
 
@@ -220,12 +222,15 @@ class PooledWrapperMixin:
         self.errors_occurred = False
         self.connection = self.get_new_connection({})  # also starts _session_changes
         self.autocommit = settings_dict["AUTOCOMMIT"]
-        if self.run_commit_hooks_on_set_autocommit_on:
-            # Django's connect() runs these through set_autocommit(); the
-            # connection is in that mode already.
-            self.set_autocommit(self.autocommit)  # type: ignore[attr-defined]
-        if connection_created.receivers:
-            connection_created.send(sender=self.__class__, connection=self)
+        if self.run_commit_hooks_on_set_autocommit_on or connection_created.receivers:
+            # Neither may give the connection back (release="transaction")
+            # before the statement this checkout is for.
+            with self._held():
+                if self.run_commit_hooks_on_set_autocommit_on:
+                    # Django's connect() runs these through set_autocommit();
+                    # the connection is in that mode already.
+                    self.set_autocommit(self.autocommit)
+                connection_created.send(sender=self.__class__, connection=self)
         self.run_on_commit: list[Any] = []
         return None
 
@@ -248,6 +253,7 @@ class PooledWrapperMixin:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
         self._session_changes = self._session_undo_always
+        self._start_borrow()
         if not known:  # complete now that the pool has opened a connection
             self.__dict__.update(entry.wrapper_state)
             self._known_entry = entry
@@ -298,6 +304,10 @@ class PooledWrapperMixin:
         self._pool_entry = None
         conn = self.connection
         discard = False
+        if self._open_chunked:  # release="transaction": server-side cursors left open
+            self._session_changes |= self._cursors_left_open(
+                self._session_dialect.chunked_cursor_change
+            )
         if (
             self.errors_occurred
             or self.autocommit != self.settings_dict["AUTOCOMMIT"]
@@ -323,6 +333,14 @@ class PooledWrapperMixin:
                 conn.close()
             return False
         changes = self._session_changes
+        if changes & _TRANSACTION:
+            # Opened by a statement (BEGIN...): rolled back, which the pool
+            # would not do on mysqlclient, whose connection does not say.
+            try:
+                conn.rollback()
+            except Exception:
+                return True
+            changes &= ~_TRANSACTION
         if not changes:
             return False
         discard = not self._reset_session(changes, entry)
@@ -399,34 +417,6 @@ class _PoolErrorsPassWrapper(DatabaseErrorWrapper):  # type: ignore[misc]
         if exc_type is None or issubclass(exc_type, PoolError):
             return
         super().__exit__(exc_type, exc_value, traceback)
-
-
-class _ScanningCursor:
-    """Put before a Django cursor wrapper class: each statement is scanned, then run.
-
-    ``_execute_with_wrappers`` is where ``execute()`` and ``executemany()``
-    meet, in the plain and the debug wrapper alike (Django 4.2 to 6.1).
-    """
-
-    db: PooledWrapperMixin
-
-    def _execute_with_wrappers(self, sql: Any, params: Any, many: bool, executor: Any) -> Any:
-        db = self.db
-        try:  # a statement seen before: one lookup (see Dialect.known)
-            db._session_changes |= db._session_known[sql]
-        except (KeyError, TypeError):  # new, or not a string (unhashable sql.Composed)
-            db._session_changes = db._session_dialect.after(db._session_changes, sql)
-        return super()._execute_with_wrappers(sql, params, many, executor)  # type: ignore[misc]
-
-
-@functools.cache
-def _scanning_class(wrapper_class: type[Any]) -> type[Any]:
-    """``wrapper_class`` with the session scan added, made once per class."""
-    return type(
-        wrapper_class.__name__,
-        (_ScanningCursor, wrapper_class),
-        {"__module__": __name__, "__doc__": wrapper_class.__doc__},
-    )
 
 
 class PooledCreationMixin:

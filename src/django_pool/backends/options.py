@@ -4,7 +4,8 @@ The keys are Django's built-in pool's (psycopg_pool's) where they mean the same
 thing, so moving from it is an ENGINE change only; keys that only make sense
 for psycopg_pool's own implementation are accepted where they have a meaning
 here and refused, with the reason, where they do not. Nothing is ignored.
-``session_reset`` is the Django layer's own (see :mod:`django_pool.session`).
+``session_reset`` (see :mod:`django_pool.session`) and ``release`` (see
+:mod:`django_pool.backends.release`) are the Django layer's own.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ _CHECK = "check"  # a per-checkout health check: the engine pings every checkout
 #: How returned connections get their session state cleaned: the choices, default first.
 SESSION_RESET_CHOICES = ("detected", "always", "never")
 _SESSION_RESET = "session_reset"
+#: When a borrowed connection goes back: the choices, default first (see
+#: :mod:`django_pool.backends.release`).
+RELEASE_CHOICES = ("request", "transaction")
+_RELEASE = "release"
 # psycopg_pool keys that Django's pool sets itself, or that need psycopg_pool.
 _REFUSED = {
     "kwargs": "connection arguments belong in OPTIONS itself, as without pooling",
@@ -56,6 +61,8 @@ class PoolOptions:
     engine: dict[str, Any]
     #: One of :data:`SESSION_RESET_CHOICES`.
     session_reset: str = SESSION_RESET_CHOICES[0]
+    #: One of :data:`RELEASE_CHOICES`.
+    release: str = RELEASE_CHOICES[0]
 
 
 def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> PoolOptions | None:
@@ -89,6 +96,18 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
             f"{where}: {_SESSION_RESET!r} must be one of "
             f"{', '.join(map(repr, SESSION_RESET_CHOICES))}, got {session_reset!r}"
         )
+    release = options.pop(_RELEASE, RELEASE_CHOICES[0])
+    if release not in RELEASE_CHOICES:
+        raise ImproperlyConfigured(
+            f"{where}: {_RELEASE!r} must be one of "
+            f"{', '.join(map(repr, RELEASE_CHOICES))}, got {release!r}"
+        )
+    if release == "transaction" and session_reset != "detected":
+        raise ImproperlyConfigured(
+            f"{where}: 'release': 'transaction' needs 'session_reset': 'detected' (the "
+            f"default), got {session_reset!r}: a session whose state is not tracked "
+            "cannot be kept until the request ends"
+        )
     arguments: dict[str, Any] = {}
     if options.pop(_CHECK, None):  # psycopg_pool's check callable, or True
         arguments["validate_after"] = 0
@@ -100,7 +119,7 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
         if key not in ENGINE_KEYS:
             raise ImproperlyConfigured(
                 f"{where}: unknown key {key!r}; valid keys: "
-                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK, _SESSION_RESET)))}"
+                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK, _SESSION_RESET, _RELEASE)))}"
             )
         if key in ("configure", "reset"):
             value = _callable(where, key, value)
@@ -111,7 +130,7 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
         Pool(_never_called, open=False, **arguments)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
-    return PoolOptions(arguments, session_reset)
+    return PoolOptions(arguments, session_reset, release)
 
 
 def _callable(where: str, key: str, value: Any) -> Callable[[Any], None]:

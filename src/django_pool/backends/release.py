@@ -1,0 +1,139 @@
+"""``OPTIONS["pool"]["release"]``: when a borrowed connection goes back to the pool.
+
+``"request"`` (the default) keeps it until the request ends, as Django's
+built-in pool does. ``"transaction"`` gives it back as soon as nothing on it
+has to survive until the next statement, and the next statement borrows
+again: an async view that awaits an outside call, or a sync view that blocks
+on one, holds no connection meanwhile.
+
+The rules, all here: the connection is kept while any of these holds, and
+given back when the last of them ends (the check runs when a cursor is
+closed and when autocommit is switched back on, which is how every
+``atomic`` block ends):
+
+* an ``atomic`` block is open, or autocommit is off (``set_autocommit(False)``,
+  or ``AUTOCOMMIT=False``);
+* the driver reports a transaction in progress, or a statement opened one
+  (``BEGIN``, ``START TRANSACTION``: the session scan sees those, which
+  matters on mysqlclient, whose connection does not say);
+* a cursor made by the wrapper is still open: a server-side cursor
+  (``.iterator()``) until it is exhausted or closed, a raw
+  ``connection.cursor()`` until it is closed;
+* the session scan saw a change to the session (``SET``, temporary tables,
+  ``LISTEN``, advisory locks, ``PREPARE``...): the connection is then pinned
+  until the request ends, and cleaned as usual when it goes back;
+* ``CONN_MAX_AGE`` was changed in place (persistent, by request).
+
+``transaction.on_commit`` callbacks run as Django runs them: after the
+outermost ``atomic`` commits, before the connection goes back. What can
+differ from ``"request"`` is only which physical connection serves the next
+statement: ``pg_backend_pid()``, ``CONNECTION_ID()``, and session changes
+made where the scan cannot see them (inside server-side functions) apply to
+the connection they ran on. See ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from ..session import Change
+
+
+class TransactionRelease:
+    """The part of :class:`~django_pool.backends.base.PooledWrapperMixin` that
+    gives a connection back between transactions (``release="transaction"``)."""
+
+    #: True with ``release="transaction"``.
+    _release_per_transaction = False
+    # Numbers the checkouts: a cursor counts against the one it was made in,
+    # so a cursor left open past a return cannot count against the next.
+    _borrows = 0
+    # Cursors of the current checkout still open, and how many of them are
+    # server-side ones.
+    _open_cursors = 0
+    _open_chunked = 0
+    # Blocks that keep the connection as a cursor would (see _held).
+    _holds = 0
+
+    connection: Any
+    autocommit: bool
+    in_atomic_block: bool
+    close_at: float | None
+    _session_changes: int
+    _pool_entry: Any
+
+    def _count_cursor(self, cursor: Any) -> None:
+        """``cursor`` (a :class:`~.cursors.PooledCursor`) holds the connection until closed."""
+        cursor._holds_connection = self._borrows
+        self._open_cursors += 1
+
+    def _count_chunked(self, cursor: Any) -> None:
+        if cursor._holds_connection:
+            cursor._chunked = True
+            self._open_chunked += 1
+
+    def _cursor_closed(self, borrow: int, chunked: bool) -> None:
+        if borrow != self._borrows:  # made during an earlier checkout
+            return
+        self._open_cursors -= 1
+        if chunked:
+            self._open_chunked -= 1
+        if not self._open_cursors:
+            self._release_if_unused()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Keep the connection for the block, as an open cursor would."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+
+    def _set_release(self, per_transaction: bool) -> None:
+        self._release_per_transaction = per_transaction
+        # Django's _cursor() borrows (ensure_connection) then makes the cursor;
+        # whatever runs in between (a subclass's set-up queries) must not give
+        # the connection back. Set per instance, so "request" pays nothing.
+        if per_transaction:
+            self._cursor = self._cursor_held
+        else:
+            self.__dict__.pop("_cursor", None)
+
+    def _cursor_held(self, name: str | None = None) -> Any:
+        with self._held():
+            return super()._cursor(name)  # type: ignore[misc]
+
+    def _start_borrow(self) -> None:
+        self._borrows += 1
+        self._open_cursors = self._open_chunked = 0
+
+    def _cursors_left_open(self, chunked_cursor_change: Change) -> int:
+        """Session bits for cursors still open at a return (server-side ones outlive it)."""
+        return int(chunked_cursor_change) if self._open_chunked else 0
+
+    def set_autocommit(
+        self, autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
+    ) -> None:
+        super().set_autocommit(  # type: ignore[misc]
+            autocommit, force_begin_transaction_with_broken_autocommit
+        )
+        if autocommit and self._release_per_transaction:
+            self._release_if_unused()
+
+    def _release_if_unused(self) -> None:
+        entry = self._pool_entry
+        if (
+            entry is None
+            or self._open_cursors
+            or self._holds
+            or self.in_atomic_block
+            or not self.autocommit
+            or self._session_changes
+            or self.close_at != 0.0
+            or entry.pool.in_transaction(self.connection)
+        ):
+            return
+        self._close()  # type: ignore[attr-defined]
