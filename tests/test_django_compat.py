@@ -136,7 +136,9 @@ def test_execute_wrappers_hold_only_the_users_own(alias):
     with connection.execute_wrapper(wrapper):
         assert connection.execute_wrappers == [wrapper]
         with connection.cursor() as cursor:
-            cursor.execute("SET @django_pool_x = 1" if alias == "mysql" else "SET search_path TO public")
+            cursor.execute(
+                "SET @django_pool_x = 1" if alias == "mysql" else "SET search_path TO public"
+            )
     assert seen and connection.execute_wrappers == []
     connection.close()
     after = get_stats(alias)

@@ -687,3 +687,59 @@ def test_a_checkout_that_replaces_a_dead_connection_counts_one_wait(make_pool):
     assert wait.count == 2  # the first checkout and this one, once
     assert wait.total >= 0.04  # this one waited for the new connection
     assert pool.get_stats()["requests_wait_ms"] >= 40
+
+
+def _take_in_a_thread_that_ends(pool: Pool, owner: bool = True) -> Any:
+    """getconn in a thread that ends without putconn (in a transaction); what it took."""
+    taken: list[Any] = []
+
+    def run() -> None:
+        conn = pool.getconn(owner=threading.current_thread() if owner else None)
+        conn.in_transaction = True
+        taken.append(conn)
+
+    thread = threading.Thread(target=run, name="forgetful")
+    thread.start()
+    thread.join()
+    return taken[0]
+
+
+def test_a_connection_whose_owner_thread_ended_is_reclaimed(make_pool, caplog):
+    caplog.set_level("WARNING", logger="django_pool")
+    pool, connector = make_pool(min_size=1, max_size=1, leak_threshold=60)
+    pool.wait()
+    started = time.monotonic()
+    lost = _take_in_a_thread_that_ends(pool)
+    # Nobody else asks: maintenance alone takes it back, within about a second.
+    wait_until(lambda: pool.get_stats()["pool_in_use"] == 0, timeout=5)
+    assert time.monotonic() - started < 3
+    stats = pool.get_stats()
+    assert stats["connections_reclaimed"] == 1 and stats["pool_available"] == 1
+    assert lost.rollbacks == 1 and not lost.in_transaction
+    assert pool.getconn(timeout=0.5) is lost  # lent again, not replaced
+    assert len(connector.made) == 1
+    wait_until(lambda: any("ended" in r.getMessage() for r in caplog.records))
+    message = next(r.getMessage() for r in caplog.records if "ended" in r.getMessage())
+    assert "thread 'forgetful'" in message and "test_pool_engine.py" in message
+
+
+def test_a_reclaimed_connection_the_hook_refuses_is_replaced(make_pool):
+    refused: list[Any] = []
+    pool, connector = make_pool(min_size=1, max_size=1, reclaim=lambda c: refused.append(c))
+    pool.wait()
+    lost = _take_in_a_thread_that_ends(pool)
+    wait_until(lambda: pool.get_stats()["connections_reclaimed"] == 1)
+    assert refused == [lost] and lost.closed
+    replacement = pool.getconn(timeout=2)
+    assert replacement is not lost and len(connector.made) == 2
+    assert pool.get_stats()["returns_bad"] == 0  # discarded, not counted as broken
+
+
+def test_without_an_owner_a_connection_of_an_ended_thread_stays_lent(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = _take_in_a_thread_that_ends(pool, owner=False)
+    time.sleep(1.5)  # past the owner check interval
+    assert pool.get_stats()["pool_in_use"] == 1
+    pool.putconn(conn)  # handed to another thread, which gives it back
+    assert pool.get_stats()["connections_reclaimed"] == 0

@@ -56,6 +56,9 @@ _LIFETIME_JITTER = 0.05
 _USAGE_BATCH = 256
 # Weight of the newest sample in the moving averages of connect and usage time.
 _EWMA_WEIGHT = 0.2
+# How often the maintenance thread looks for connections whose owner thread
+# ended while they were lent (see getconn's ``owner``).
+_OWNER_CHECK_INTERVAL = 1.0
 
 _pool_numbers = iter(range(1, 1 << 62))
 
@@ -70,6 +73,7 @@ class _Slot:
         "last_ok",
         "leak_reported",
         "lent_at",
+        "owner",
         "taken_by",
     )
 
@@ -84,6 +88,8 @@ class _Slot:
         # Leak detection: where the borrower took it, and whether it was reported.
         self.taken_by: list[tuple[CodeType, int]] | None = None
         self.leak_reported = False
+        # The thread the borrower runs in, when it said so (getconn's owner).
+        self.owner: threading.Thread | None = None
 
 
 class _Waiter:
@@ -131,6 +137,11 @@ class Pool:
     :param configure: called with each new connection before it is first lent.
     :param reset: called with each returned connection, after any rollback;
         if it raises, the connection is discarded.
+    :param reclaim: called with each connection reclaimed from a borrower whose
+        thread ended (see :meth:`getconn`), after the rollback and ``reset``;
+        it returns False (or raises) to have it closed and replaced instead of
+        lent again: the borrower may have left session state the pool cannot
+        see (default: lent again).
     :param name: shown in logs, errors and stats (default ``pool-N``).
     :param secrets: strings (passwords) to mask in every message the pool makes.
     :param open: start filling the pool now (default True).
@@ -153,6 +164,7 @@ class Pool:
         leak_threshold: float | None = None,
         configure: Callable[[Any], None] | None = None,
         reset: Callable[[Any], None] | None = None,
+        reclaim: Callable[[Any], bool] | None = None,
         name: str | None = None,
         secrets: Iterable[str] = (),
         open: bool = True,
@@ -187,6 +199,7 @@ class Pool:
         self._adapter = adapter
         self._configure = configure
         self._reset = reset
+        self._reclaim = reclaim
         self._secrets = tuple(secrets)
         # "Never validate" is a window so long that nothing falls outside it;
         # "always" one that nothing falls inside, even a connection returned
@@ -216,6 +229,9 @@ class Pool:
         self._maintenance_running = False
         # When the maintenance thread wakes next (-inf: it has not planned yet).
         self._maintenance_due = -math.inf
+        # Set at the first checkout with an owner: maintenance then looks for
+        # ended owners every _OWNER_CHECK_INTERVAL.
+        self._watching_owners = False
         self._generation = 0  # bumped by drain(): older connections are not lent again
         # Idle connections last known good before this moment are pinged before
         # being lent: set when a disconnect is seen (e.g. the server restarted).
@@ -254,6 +270,7 @@ class Pool:
         self._connections_errors = 0
         self._connections_lost = 0
         self._leaks_detected = 0
+        self._connections_reclaimed = 0
 
     def __repr__(self) -> str:
         driver = self._adapter.name if self._adapter else "?"
@@ -266,7 +283,7 @@ class Pool:
 
     # -- lending -------------------------------------------------------------------
 
-    def getconn(self, timeout: float | None = None) -> Any:
+    def getconn(self, timeout: float | None = None, owner: threading.Thread | None = None) -> Any:
         """Lend a connection; give it back with :meth:`putconn`.
 
         Waits up to ``timeout`` (default: the pool's) for one to be free or
@@ -274,6 +291,13 @@ class Pool:
         longer than ``validate_after``, or older than a disconnect the pool has
         seen, is pinged first and replaced if the ping fails, all within the
         same deadline.
+
+        ``owner``: the thread that will give it back. If that thread ends while
+        the connection is still out, nobody can return it: within about a
+        second the pool rolls it back, resets it (``reset``, ``reclaim``),
+        logs a warning with where it was taken (when ``leak_threshold`` records
+        it) and lends it again. Leave it None when the connection may be
+        handed to another thread.
         """
         start = monotonic()
         slot: _Slot | None = None
@@ -292,10 +316,22 @@ class Pool:
             and slot.last_ok >= start - self._validate_window
             and slot.last_ok >= self._distrust_before
         ):
+            slot.owner = owner
+            if owner is not None and not self._watching_owners:
+                self._watch_owners()
             if self.leak_threshold is not None:
                 _note_taker(slot)
             return slot.conn
-        return self._getconn_checked(slot, start, timeout)
+        conn = self._getconn_checked(slot, start, timeout)
+        self._lent[id(conn)].owner = owner
+        if owner is not None and not self._watching_owners:
+            self._watch_owners()
+        return conn
+
+    def _watch_owners(self) -> None:
+        with self._changed:
+            self._watching_owners = True
+            self._changed.notify_all()  # maintenance plans its next wake again
 
     def _getconn_checked(self, slot: _Slot | None, start: float, timeout: float | None) -> Any:
         """The rest of :meth:`getconn`: ``slot`` needs a check, or nothing was idle (None)."""
@@ -687,7 +723,8 @@ class Pool:
     def _run_maintenance(self) -> None:
         """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``.
 
-        Also reports connections lent for longer than ``leak_threshold``.
+        Also reports connections lent for longer than ``leak_threshold``, and
+        reclaims those whose owner thread ended.
         """
         while True:
             with self._lock:
@@ -697,9 +734,16 @@ class Pool:
                 expired = self._take_expired_idle_locked(now)
                 spawn = self._connectors_to_start_locked()
                 leaks = self._take_leaks_locked(now) if self.leak_threshold is not None else []
+                abandoned = [
+                    slot
+                    for slot in self._lent.values()
+                    if slot.owner is not None and not slot.owner.is_alive()
+                ]
             for slot in expired:
                 self._close_quietly(slot.conn)
             self._start_threads(spawn, False)
+            for slot in abandoned:
+                self._reclaim_abandoned(slot)
             for held, stack in leaks:
                 logger.warning(
                     "pool %r: a connection has been in use for %.1f s (leak_threshold=%g s); "
@@ -717,6 +761,37 @@ class Pool:
                 # Woken early by close(), new connections, or a return whose
                 # lifetime ends before the planned time (see putconn).
                 self._changed.wait(max(0.01, self._maintenance_due - now))
+
+    def _reclaim_abandoned(self, slot: _Slot) -> None:
+        """Take back a connection whose owner thread ended without returning it."""
+        owner, conn = slot.owner, slot.conn
+        slot.owner = None
+        logger.warning(
+            "pool %r: a connection lent %.1f s ago to thread %r, which ended without "
+            "giving it back, was reclaimed. It was taken at:\n%s",
+            self.name,
+            monotonic() - slot.lent_at,
+            owner.name if owner is not None else "?",
+            _format_stack(slot.taken_by)
+            if slot.taken_by
+            else "  (unknown: set leak_threshold to record where connections are taken)\n",
+        )
+        keep = True
+        if self._reclaim is not None:
+            try:
+                # Rolled back first: the hook may run statements.
+                state = self._adapter_of(conn).state(conn)
+                keep = self._restore(conn, state) and bool(self._reclaim(conn))
+            except Exception as exc:
+                logger.info(
+                    "pool %r: a reclaimed connection could not be reset: %s",
+                    self.name,
+                    self._redact(str(exc)),
+                )
+                keep = False
+        with self._lock:
+            self._connections_reclaimed += 1
+        self.putconn(conn, discard=not keep)
 
     def _take_expired_idle_locked(self, now: float) -> list[_Slot]:
         expired = [
@@ -755,6 +830,8 @@ class Pool:
             wake_at = min(wake_at, slot.expires_at)
         if self._idle and self._nconns > self.min_size:
             wake_at = min(wake_at, self._idle[0].last_ok + self.max_idle)
+        if self._watching_owners:
+            wake_at = min(wake_at, now + _OWNER_CHECK_INTERVAL)
         threshold = self.leak_threshold
         if threshold is not None:
             # Connections lent later are seen within a quarter of the threshold.
@@ -955,6 +1032,7 @@ class Pool:
             "connections_errors": self._connections_errors,
             "connections_lost": self._connections_lost,
             "leaks_detected": self._leaks_detected,
+            "connections_reclaimed": self._connections_reclaimed,
         }
         if self._last_error is not None:
             stats["last_connection_error"] = self._last_error

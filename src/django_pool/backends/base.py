@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from threading import current_thread
 from time import monotonic
 from typing import Any
 
@@ -81,6 +82,7 @@ class PooledWrapperMixin(TransactionRelease):
     errors_occurred: bool
     health_check_done: bool
     run_commit_hooks_on_set_autocommit_on: bool
+    allow_thread_sharing: bool
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = "default") -> None:
         # The settings dict is kept as it is, not copied: the test runner
@@ -248,7 +250,12 @@ class PooledWrapperMixin(TransactionRelease):
         else:
             known = True
         try:
-            conn = entry.pool.getconn()
+            # The borrowing thread, so that the pool takes the connection back
+            # if the thread ends with it (a thread doing ORM work that nobody
+            # closes): unless the wrapper is shared across threads.
+            conn = entry.pool.getconn(
+                owner=None if self.allow_thread_sharing else current_thread()
+            )
         except PoolError as exc:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry

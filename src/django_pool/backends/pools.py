@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.signals import setting_changed
 
 from ..pool import Pool
+from ..session import DIALECTS, Change
 
 if TYPE_CHECKING:
     from .base import PooledWrapperMixin
@@ -121,8 +122,9 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
     settings_dict = {**key, "OPTIONS": {k: v for k, v in key["OPTIONS"].items() if k != "pool"}}
     alias = wrapper.alias
     wrapper_class = type(wrapper)
-    assert wrapper.pool_options is not None
-    arguments = dict(wrapper.pool_options.engine)
+    wrapper_options = wrapper.pool_options
+    assert wrapper_options is not None
+    arguments = dict(wrapper_options.engine)
     wrapper_state: dict[str, Any] = {}
 
     def unpooled_wrapper() -> tuple[Any, dict[str, Any]]:
@@ -152,11 +154,27 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
             raise
         return conn
 
+    reset_all = DIALECTS[wrapper.vendor].reset_sql(Change.ALL)
+    configure = arguments.get("configure")
+
+    def reclaim(conn: Any) -> bool:
+        # Its borrower's thread ended: what it left in the session is unknown.
+        if wrapper_options.session_reset == "never":
+            return True
+        if reset_all is None:  # MySQL: cannot be reset in place
+            return False
+        with conn.cursor() as cursor:
+            cursor.execute(reset_all)
+        set_up(conn)
+        if configure is not None:
+            configure(conn)
+        return True
+
     # Django's checks of the connection parameters (an invalid isolation
     # level...) raise here, to the first caller, not in a connector thread.
     unpooled_wrapper()
     password = settings_dict.get("PASSWORD") or ""
-    pool = Pool(connect, secrets=[password] if password else (), **arguments)
+    pool = Pool(connect, secrets=[password] if password else (), reclaim=reclaim, **arguments)
     logger.info(
         "database %r: pool made in process %d (min_size=%d, max_size=%d, timeout=%g s)",
         alias,
