@@ -644,3 +644,76 @@ def test_uvicorn_async_views_return_connections(app_db: PostgresServer, tmp_path
         )
         assert sampler.peak >= 1, "no session of the server was ever seen: wrong tag?"
     _wait_sessions_gone(app_db, app_name)
+
+
+def _uvicorn_argv(port: int) -> list[str]:
+    return [
+        PYTHON, "-m", "uvicorn", "tests.djangoapp.asgi:application", "--host=127.0.0.1",
+        f"--port={port}", "--workers=1", "--lifespan=off", "--no-access-log",
+        "--log-level=warning", "--timeout-graceful-shutdown=5",
+    ]  # fmt: skip
+
+
+def _wait_nothing_lent(base: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The server's pool stats once nothing is lent, or as they are at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, Any] = httpx.get(f"{base}/stats", timeout=10).json()["stats"]
+        if stats["pool_in_use"] == 0 or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
+def test_uvicorn_release_transaction_holds_nothing_across_an_await(
+    app_db: PostgresServer, tmp_path: Path
+) -> None:
+    """query, await, query: nothing lent during the await; 40 clients on 4 connections."""
+    app_name = _app_name("uvicorn-tx")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = _server_env(app_db, app_name, DJANGO_POOL_TEST_RELEASE="transaction")
+    with serving("uvicorn", _uvicorn_argv(port), env, tmp_path) as server:
+        server.wait_ready(f"{base}/stats")
+        for _ in range(5):  # one at a time: nobody else can hold a connection
+            body = httpx.get(f"{base}/awaits?wait=0.1", timeout=10).json()
+            assert body["in_use_during_await"] == 0, body
+        with SessionSampler(app_db, app_name) as sampler:
+            results = asyncio.run(_aget_many(f"{base}/awaits", 400, 40))
+        _check_all_ok(server, results, 400)
+        stats = _wait_nothing_lent(base)
+        assert stats["pool_in_use"] == 0 and stats["requests_errors"] == 0, stats
+        assert sampler.peak <= MAX_SIZE, f"{sampler.peak} sessions, max_size is {MAX_SIZE}"
+    _wait_sessions_gone(app_db, app_name)
+
+
+@pytest.mark.parametrize(
+    ("release", "pattern"),
+    [
+        ("request", "leak-thread"),
+        ("transaction", "leak-thread"),
+        ("transaction", "leak-gather"),
+        ("transaction", "leak-task"),
+    ],
+)
+def test_uvicorn_leaking_patterns_lose_no_connection(
+    app_db: PostgresServer, tmp_path: Path, release: str, pattern: str
+) -> None:
+    """Each pattern 50 times: afterwards nothing is lent and requests are served at once."""
+    app_name = _app_name(f"uvicorn-{pattern}")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    # A lost connection shows as a 500 after 2 s instead of 10.
+    env = _server_env(
+        app_db, app_name, DJANGO_POOL_TEST_RELEASE=release, DJANGO_POOL_TEST_POOL_TIMEOUT="2"
+    )
+    with serving("uvicorn", _uvicorn_argv(port), env, tmp_path) as server:
+        server.wait_ready(f"{base}/stats")
+        results = asyncio.run(_aget_many(f"{base}/{pattern}", 50, 4))
+        _check_all_ok(server, results, 50)
+        stats = _wait_nothing_lent(base, timeout=10)
+        assert stats["pool_in_use"] == 0, f"connections still lent after {pattern}: {stats}"
+        results = asyncio.run(_aget_many(f"{base}/async-items", 20, 4))
+        _check_all_ok(server, results, 20)
+        stats = _wait_nothing_lent(base)
+        assert stats["requests_errors"] == 0, stats
+    _wait_sessions_gone(app_db, app_name)

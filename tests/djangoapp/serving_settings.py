@@ -18,3 +18,9 @@ DATABASES = copy.deepcopy(_BASE_DATABASES)
 DATABASES["default"]["OPTIONS"]["application_name"] = os.environ.get(
     "DJANGO_POOL_TEST_APP_NAME", "django_pool_serving"
 )
+# The release mode and the checkout timeout of the server under test.
+DATABASES["default"]["OPTIONS"]["pool"] = {
+    **DATABASES["default"]["OPTIONS"]["pool"],
+    "release": os.environ.get("DJANGO_POOL_TEST_RELEASE", "request"),
+    "timeout": float(os.environ.get("DJANGO_POOL_TEST_POOL_TIMEOUT", "10")),
+}
