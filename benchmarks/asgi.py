@@ -50,7 +50,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -360,7 +360,9 @@ def start_servers(
                 entry.status, entry.reason = "failed", message
         except (OSError, urllib.error.URLError, ValueError) as exc:
             entry.status = "failed"
-            entry.reason = f"probe: {type(exc).__name__}: {exc}\n{entry.server.child.output_tail()}"
+            entry.reason = (
+                f"probe: {type(exc).__name__}: {exc}\n{entry.server.child.output_tail()}"
+            )
         else:
             if answer.get("ok"):
                 entry.status = "ran"
@@ -450,9 +452,13 @@ def run_part(
                 assert entry.server is not None
                 if entry.server.child.exited() or slot.get("guard") or slot.get("failure"):
                     entry.status = "failed"
-                    entry.reason = slot.get("guard") or slot.get("failure") or (
-                        f"server exited with code {entry.server.child.proc.returncode}:\n"
-                        + entry.server.child.output_tail()
+                    entry.reason = (
+                        slot.get("guard")
+                        or slot.get("failure")
+                        or (
+                            f"server exited with code {entry.server.child.proc.returncode}:\n"
+                            + entry.server.child.output_tail()
+                        )
                     )
                     entry.server.child.stop()
                     progress(f"  {part.key} {mode}: failed: {entry.reason.splitlines()[0]}")
@@ -693,7 +699,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     except KeyboardInterrupt:
         processes.stop_all()
-        keep_logs = True
         progress("interrupted: every process stopped")
         return 130
     except Exception:
@@ -708,9 +713,7 @@ def main(argv: list[str] | None = None) -> int:
         restarted = sampler.value("SELECT pg_postmaster_start_time()") != postmaster_started
         sampler.close()
         failed = any(
-            m["status"] == "failed"
-            for r in results["parts"].values()
-            for m in r["modes"].values()
+            m["status"] == "failed" for r in results["parts"].values() for m in r["modes"].values()
         )
         if (keep_logs or failed) and any(workdir.iterdir()):
             progress(f"the servers' logs are in {workdir}")

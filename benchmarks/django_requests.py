@@ -83,11 +83,18 @@ from _common import (
 )
 
 #: Every mode, in report order.
-MODES = ("no_pool", "persistent", "django_builtin", "dj_db_conn_pool", "django_pool")
+MODES = (
+    "no_pool",
+    "persistent",
+    "django_builtin",
+    "dj_db_conn_pool",
+    "django_pool",
+    "django_pool_tx",
+)
 #: The mode every ratio is computed against.
 REFERENCE_MODE = "persistent"
-#: The mode the target is about.
-TARGET_MODE = "django_pool"
+#: The modes the targets are about, with their target ratio to REFERENCE_MODE.
+TARGETS = {"django_pool": 1.05, "django_pool_tx": 1.10}
 
 DESCRIPTIONS = {
     "no_pool": "django.db.backends.postgresql, CONN_MAX_AGE=0 (connect per request)",
@@ -95,13 +102,13 @@ DESCRIPTIONS = {
     "django_builtin": "django.db.backends.postgresql, OPTIONS pool min=max=8 (psycopg_pool)",
     "dj_db_conn_pool": "dj_db_conn_pool.backends.postgresql, POOL_SIZE=8, MAX_OVERFLOW=0",
     "django_pool": "django_pool.backends.postgresql, OPTIONS pool min=max=8",
+    "django_pool_tx": 'the same with "release": "transaction" (a checkout per statement)',
 }
 
 DJ_DB_CONN_POOL_INSTALL = ".venv/bin/pip install django-db-connection-pool"
 
 THREAD_COUNTS = (1, 8)
 POOL_SIZE = 8
-TARGET_RATIO = 1.05
 
 # A run stops counting after this many errors.
 MAX_ERRORS = 1000
@@ -156,9 +163,11 @@ def database_settings(mode: str, server: dict[str, Any]) -> dict[str, Any]:
     elif mode == "dj_db_conn_pool":
         database["ENGINE"] = "dj_db_conn_pool.backends.postgresql"
         database["POOL_OPTIONS"] = {"POOL_SIZE": size, "MAX_OVERFLOW": 0}
-    elif mode == "django_pool":
+    elif mode in ("django_pool", "django_pool_tx"):
         database["ENGINE"] = "django_pool.backends.postgresql"
         database["OPTIONS"]["pool"] = {"min_size": size, "max_size": size}
+        if mode == "django_pool_tx":
+            database["OPTIONS"]["pool"]["release"] = "transaction"
     else:
         raise ValueError(f"unknown mode {mode!r}")
     return database
@@ -172,12 +181,15 @@ def setup_django(mode: str, server: dict[str, Any]) -> Any:
     from django.http import HttpResponse
     from django.urls import path
 
+    queries = range(server["queries"])
+
     def query_view(request: Any) -> HttpResponse:
         from django.db import connection
 
-        with connection.cursor() as cursor:
-            cursor.execute(QUERY)
-            pid, port = cursor.fetchone()
+        for _ in queries:
+            with connection.cursor() as cursor:
+                cursor.execute(QUERY)
+                pid, port = cursor.fetchone()
         return HttpResponse(f"{pid} {port}")
 
     urlconf = types.ModuleType("bench_requests_urls")
@@ -500,11 +512,11 @@ PROFILE_FILTER = re.compile(
 )
 
 
-def profile_main(mode: str, requests: int, top: int) -> int:
+def profile_main(mode: str, requests: int, top: int, queries: int) -> int:
     """Profile ``requests`` requests of ``mode`` on one thread, in this process."""
     server, source = discover_server()
     server.ensure_database(BENCH_DB)
-    handler = setup_django(mode, server_config(server))
+    handler = setup_django(mode, server_config(server, queries))
     client = Client(handler)
     for _ in range(max(500, requests // 4)):  # warm up: connections, pool, lazy imports
         client.request()
@@ -576,7 +588,7 @@ def shorten(where: str) -> str:
 # =========================================================================== parent
 
 
-def server_config(server: Any) -> dict[str, Any]:
+def server_config(server: Any, queries: int) -> dict[str, Any]:
     return {
         "host": server.host,
         "port": server.port,
@@ -584,6 +596,7 @@ def server_config(server: Any) -> dict[str, Any]:
         "password": server.password,
         "dbname": BENCH_DB,
         "pool_size": POOL_SIZE,
+        "queries": queries,
     }
 
 
@@ -898,32 +911,45 @@ def evaluate(
         status = "SKIP" if ok is None else ("PASS" if ok else "FAIL")
         targets.append({"target": label, "status": status, "detail": detail})
 
-    for threads in THREAD_COUNTS:
-        label = (
-            f"{TARGET_MODE} {threads} thread{'s' if threads > 1 else ''}: "
-            f"cost per request <= {TARGET_RATIO}x {REFERENCE_MODE}"
-        )
-        table = summary.get(str(threads), {})
-        mine, ref = table.get(TARGET_MODE), table.get(REFERENCE_MODE)
-        if TARGET_MODE in skipped:
-            add(label, None, skipped[TARGET_MODE])
-        elif REFERENCE_MODE in skipped:
-            add(label, None, f"{REFERENCE_MODE}: {skipped[REFERENCE_MODE]}")
-        elif mine is None or ref is None or mine["ratio"] != mine["ratio"]:
-            add(label, False, failures.get(TARGET_MODE) or "no result")
-        else:
-            ok = mine["ratio"] <= TARGET_RATIO and not mine["errors"]
-            spread = f"{fmt_ratio(mine['ratio_q1'])}..{fmt_ratio(mine['ratio_q3'])}"
-            detail = (
-                f"{mine['ratio']:.3f}x ({mine['median_us']:,.0f} vs {ref['median_us']:,.0f} "
-                f"us/req, middle half {spread}, cpu {mine['cpu_ratio']:.2f}x)"
-            )
-            if mine["errors"]:
-                detail += f", {mine['errors']} errors"
-            add(label, ok, detail)
+    for target_mode, target_ratio in TARGETS.items():
+        for threads in THREAD_COUNTS:
+            check_target(summary, skipped, failures, add, target_mode, target_ratio, threads)
     for mode, failure in failures.items():
         add(f"{mode} ran to completion", False, failure[:100])
     return targets
+
+
+def check_target(
+    summary: dict[str, dict[str, Any]],
+    skipped: dict[str, str],
+    failures: dict[str, str],
+    add: Any,
+    mode: str,
+    target_ratio: float,
+    threads: int,
+) -> None:
+    label = (
+        f"{mode} {threads} thread{'s' if threads > 1 else ''}: "
+        f"cost per request <= {target_ratio}x {REFERENCE_MODE}"
+    )
+    table = summary.get(str(threads), {})
+    mine, ref = table.get(mode), table.get(REFERENCE_MODE)
+    if mode in skipped:
+        add(label, None, skipped[mode])
+    elif REFERENCE_MODE in skipped:
+        add(label, None, f"{REFERENCE_MODE}: {skipped[REFERENCE_MODE]}")
+    elif mine is None or ref is None or mine["ratio"] != mine["ratio"]:
+        add(label, False, failures.get(mode) or "no result")
+    else:
+        ok = mine["ratio"] <= target_ratio and not mine["errors"]
+        spread = f"{fmt_ratio(mine['ratio_q1'])}..{fmt_ratio(mine['ratio_q3'])}"
+        detail = (
+            f"{mine['ratio']:.3f}x ({mine['median_us']:,.0f} vs {ref['median_us']:,.0f} "
+            f"us/req, middle half {spread}, cpu {mine['cpu_ratio']:.2f}x)"
+        )
+        if mine["errors"]:
+            detail += f", {mine['errors']} errors"
+        add(label, ok, detail)
 
 
 def read_sessions_counter(monitor: SessionMonitor) -> int | None:
@@ -963,6 +989,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=MODES,
         help="profile one mode's requests (1 thread, cProfile) in this process, then exit",
     )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="queries per request, each in its own cursor (default 1; try 10)",
+    )
     parser.add_argument("--profile-requests", type=int, default=2000, metavar="N")
     parser.add_argument("--profile-top", type=int, default=25, metavar="N")
     parser.add_argument("--worker", metavar="MODE", choices=MODES, help=argparse.SUPPRESS)
@@ -971,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main(args.worker)
     if args.profile:
-        return profile_main(args.profile, args.profile_requests, args.profile_top)
+        return profile_main(args.profile, args.profile_requests, args.profile_top, args.queries)
 
     settings = QUICK if args.quick else FULL
     wanted = list(MODES)
@@ -991,7 +1024,10 @@ def main(argv: list[str] | None = None) -> int:
     server, source = discover_server()
     server.ensure_database(BENCH_DB)
     monitor = SessionMonitor(server.conninfo(BENCH_DB))
-    config = {"server": server_config(server), "warmup_seconds": settings.warmup_seconds}
+    config = {
+        "server": server_config(server, args.queries),
+        "warmup_seconds": settings.warmup_seconds,
+    }
     load_before = os.getloadavg()
     started = time.perf_counter()
     server_started = monitor.server_started()
@@ -1102,7 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     targets = evaluate(summary, skipped, failures)
     print()
-    print(format_targets(f"Targets for {TARGET_MODE}", targets))
+    print(format_targets(f"Targets ({args.queries} queries a request)", targets))
     print(
         f"\nfinished in {results['meta']['seconds']:.0f} s; load average "
         f"{load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}"
