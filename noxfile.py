@@ -182,10 +182,13 @@ def django_suite(session: nox.Session, django: str) -> None:
         archive = next(sources.glob(f"[Dd]jango-{version}.tar.gz"))
         session.run("tar", "-xzf", str(archive), "-C", str(sources), external=True)
     out = Path(session.create_tmp()) / "django-suite-results"
+    release_transaction = ["--pool", '{"release": "transaction"}']
     runs = [
         ["--vendor", "postgresql", "--driver", "psycopg", "--parallel", "2"],
         ["--vendor", "postgresql", "--driver", "psycopg2", "--parallel", "2"],
         ["--vendor", "mysql", "--parallel", "2"],
+        ["--vendor", "postgresql", "--driver", "psycopg", "--parallel", "2", *release_transaction],
+        ["--vendor", "mysql", "--parallel", "2", *release_transaction],
     ]
     for run in runs:
         session.run(
