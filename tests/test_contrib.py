@@ -52,6 +52,7 @@ COUNTERS = {
     "django_pool_connection_errors_total": "connections_errors",
     "django_pool_connections_lost_total": "connections_lost",
     "django_pool_leaks_detected_total": "leaks_detected",
+    "django_pool_connections_reclaimed_total": "connections_reclaimed",
     "django_pool_sessions_reset_total": "sessions_reset",
     "django_pool_sessions_discarded_total": "sessions_discarded",
 }
@@ -80,6 +81,7 @@ STATS_KEYS = {
     "connections_errors",
     "connections_lost",
     "leaks_detected",
+    "connections_reclaimed",
     "sessions_reset",
     "sessions_discarded",
 }

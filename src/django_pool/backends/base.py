@@ -3,22 +3,26 @@
 ``DatabaseWrapper = pooled(django.db.backends.postgresql.base.DatabaseWrapper)``
 is a whole backend. The mixin changes these steps of Django's connection life:
 
-* ``__init__``: ``OPTIONS["pool"]`` is read and checked here, then removed from
-  the wrapper's copy of the settings, so Django's own code (including its
-  built-in pool, and psycopg2's "pooling requires psycopg 3") never sees it;
+* ``__init__``: ``OPTIONS["pool"]`` is read and checked here (and again when
+  it is replaced on a live wrapper, as Django reads it each time). The
+  settings dict stays the one Django handed over; Django's own uses of the
+  key (its built-in pool's ``pool`` and ``close_pool()``) are taken over
+  here, and the pool's connections are made from settings without it;
 * ``connect``: borrow from the process's pool for this database. Only the
   wrapper's own state is reset: the connection was set up (autocommit, time
   zone, role, isolation level, ``init_command``...) once, when it was opened,
   and goes back to the pool only in that state, so a checkout costs no more
   than a persistent connection's reuse;
 * ``close_if_unusable_or_obsolete`` / ``_close``: at the end of every request
-  give the connection back instead of closing it, after restoring the
-  configured autocommit and cleaning any session state the borrower left
-  (``SET``, temporary tables, ``LISTEN``...: see :mod:`django_pool.session`),
-  or close it when it is broken or its session cannot be cleaned.
+  (or, with ``release="transaction"``, between transactions: see
+  :mod:`.release`) give the connection back instead of closing it, after
+  restoring the configured autocommit and cleaning any session state the
+  borrower left (``SET``, temporary tables, ``LISTEN``...: see
+  :mod:`django_pool.session`), or close it when it is broken or its session
+  cannot be cleaned.
 
-Statements are scanned for session changes through one of Django's execute
-wrappers, installed when the wrapper is made (``session_reset="detected"``).
+Statements are scanned for session changes inside Django's cursor wrappers
+(:mod:`.cursors`, ``session_reset="detected"``).
 
 Without ``OPTIONS["pool"]`` every step is Django's own.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from threading import current_thread
+from threading import Thread, current_thread
 from time import monotonic
 from typing import Any
 
@@ -82,7 +86,8 @@ class PooledWrapperMixin(TransactionRelease):
     errors_occurred: bool
     health_check_done: bool
     run_commit_hooks_on_set_autocommit_on: bool
-    allow_thread_sharing: bool
+    _thread_sharing_count: int
+    _owner_thread: Thread
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = "default") -> None:
         # The settings dict is kept as it is, not copied: the test runner
@@ -96,11 +101,15 @@ class PooledWrapperMixin(TransactionRelease):
             # the test database...): never pooled, by Django's pool either.
             options = {k: v for k, v in settings_dict["OPTIONS"].items() if k != "pool"}
             settings_dict = {**settings_dict, "OPTIONS": options}
-        self._use_pool_setting(self._pool_setting_in(settings_dict, alias), settings_dict, alias)
+        self._use_pool_setting(self._pool_setting_in(settings_dict), settings_dict, alias)
         super().__init__(settings_dict, alias)  # type: ignore[call-arg]
+        # Django lets a wrapper be used only in the thread that made it, unless
+        # thread sharing is allowed: that thread is the one to give back what
+        # it borrows (see get_new_connection).
+        self._owner_thread = current_thread()
 
     @staticmethod
-    def _pool_setting_in(settings_dict: dict[str, Any], alias: str) -> Any:
+    def _pool_setting_in(settings_dict: dict[str, Any]) -> Any:
         return (settings_dict.get("OPTIONS") or {}).get("pool")
 
     def _use_pool_setting(self, setting: Any, settings_dict: dict[str, Any], alias: str) -> None:
@@ -138,7 +147,7 @@ class PooledWrapperMixin(TransactionRelease):
         replacing it: a checkout compares one value to follow that.
         """
         settings_dict = self.settings_dict
-        setting = self._pool_setting_in(settings_dict, self.alias)
+        setting = self._pool_setting_in(settings_dict)
         if setting is not self._pool_setting or settings_dict is not self._pool_settings_dict:
             self._use_pool_setting(setting, settings_dict, self.alias)
         return self.pool_options
@@ -153,7 +162,10 @@ class PooledWrapperMixin(TransactionRelease):
         """
         if self._current_pool_options() is None:
             return getattr(super(), "pool", None)
-        return pools.entry_for(self).pool
+        entry = self._known_entry
+        if entry is None or entry.closed or entry.database_name != self.settings_dict["NAME"]:
+            entry = pools.entry_for(self)
+        return entry.pool
 
     def close_pool(self) -> None:
         """Close this alias's pool (Django 5.1+'s name; :func:`django_pool.close_pools`)."""
@@ -203,7 +215,13 @@ class PooledWrapperMixin(TransactionRelease):
     # Not @async_unsafe, unlike Django's: its only caller, ensure_connection(),
     # checks already, and the check costs as much as a checkout.
     def connect(self) -> None:
-        if self._current_pool_options() is None:
+        settings_dict = self.settings_dict
+        if (
+            settings_dict is not self._pool_settings_dict
+            or settings_dict["OPTIONS"].get("pool") is not self._pool_setting
+        ):
+            self._current_pool_options()
+        if self.pool_options is None:
             return super().connect()  # type: ignore[misc, no-any-return]
         # Django's connect(), less the steps done once per pool or per
         # connection: check_settings() (when the pool is made), connection
@@ -213,7 +231,6 @@ class PooledWrapperMixin(TransactionRelease):
         self.savepoint_ids: list[str] = []
         self.atomic_blocks: list[Any] = []
         self.needs_rollback = False
-        settings_dict = self.settings_dict
         self.health_check_enabled = settings_dict["CONN_HEALTH_CHECKS"]
         # CONN_MAX_AGE is 0 with pooling: the connection goes back at the end of
         # the request. One changed in place later (tests do) is honoured as
@@ -252,15 +269,16 @@ class PooledWrapperMixin(TransactionRelease):
         try:
             # The borrowing thread, so that the pool takes the connection back
             # if the thread ends with it (a thread doing ORM work that nobody
-            # closes): unless the wrapper is shared across threads.
-            conn = entry.pool.getconn(
-                owner=None if self.allow_thread_sharing else current_thread()
-            )
+            # closes): unless the wrapper is shared across threads. (Django's
+            # allow_thread_sharing reads the same count, under a lock.)
+            owner = None if self._thread_sharing_count else self._owner_thread
+            conn = entry.pool.getconn(owner=owner)
         except PoolError as exc:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
         self._session_changes = self._session_undo_always
-        self._start_borrow()
+        if self._release_per_transaction:
+            self._start_borrow()
         if not known:  # complete now that the pool has opened a connection
             self.__dict__.update(entry.wrapper_state)
             self._known_entry = entry
@@ -275,6 +293,8 @@ class PooledWrapperMixin(TransactionRelease):
 
     def close_if_health_check_failed(self) -> None:
         if self._pool_entry is None:
+            if self.pool_options is not None:  # pooled, nothing borrowed: nothing to check
+                return None
             return super().close_if_health_check_failed()  # type: ignore[misc, no-any-return]
         # Due only while CONN_MAX_AGE, changed in place, keeps a connection past
         # its request (a checkout is checked by the pool). Django's check, but

@@ -22,7 +22,8 @@ Counters, from ``get_stats()``:
   (``connections_num``), ``django_pool_connection_errors_total``
   (``connections_errors``), ``django_pool_connections_lost_total``
   (``connections_lost``), ``django_pool_leaks_detected_total``
-  (``leaks_detected``), ``django_pool_sessions_reset_total``
+  (``leaks_detected``), ``django_pool_connections_reclaimed_total``
+  (``connections_reclaimed``), ``django_pool_sessions_reset_total``
   (``sessions_reset``), ``django_pool_sessions_discarded_total``
   (``sessions_discarded``).
 
@@ -150,6 +151,11 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "django_pool_leaks_detected",
         "leaks_detected",
         "Connections held longer than leak_threshold.",
+    ),
+    (
+        "django_pool_connections_reclaimed",
+        "connections_reclaimed",
+        "Connections taken back from a borrower whose thread ended without returning them.",
     ),
     (
         "django_pool_sessions_reset",
