@@ -306,26 +306,31 @@ class SessionMonitor:
     test run may restart it or terminate backends); -1 means "could not tell".
     """
 
-    def __init__(self, conninfo: str) -> None:
-        self._conninfo = make_conninfo(conninfo, application_name="bench_monitor")
+    def __init__(self, conninfo: str, application_name: str = "bench_monitor") -> None:
+        self._conninfo = make_conninfo(conninfo, application_name=application_name)
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    def _row(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
         with self._lock:
             for attempt in (1, 2):
                 try:
                     if self._conn is None or self._conn.closed:
                         self._conn = psycopg.connect(self._conninfo, autocommit=True)
                     row = self._conn.execute(sql, params).fetchone()
-                    return row[0] if row else None
+                    return tuple(row) if row else ()
                 except psycopg.OperationalError:
                     if self._conn is not None:
                         self._conn.close()
                     self._conn = None
                     if attempt == 2:
                         raise
-        return None  # not reached
+        return ()  # not reached
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        """The first column of the first row, or None."""
+        row = self._row(sql, params)
+        return row[0] if row else None
 
     def count(self, application_name: str) -> int:
         try:

@@ -55,11 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from _common import (
     BENCH_DB,
     SRC_DIR,
+    SessionMonitor,
     discover_server,
     finish,
     fmt,
@@ -223,7 +223,7 @@ class Watch:
     guard: str = ""
 
 
-class SessionSampler:
+class SessionSampler(SessionMonitor):
     """Polls pg_stat_activity from a connection of its own, in a thread during each slot.
 
     Every mode's server stays up for the whole part (the pools keep their
@@ -237,34 +237,16 @@ class SessionSampler:
     )
 
     def __init__(self, conninfo: str) -> None:
-        self._conninfo = make_conninfo(conninfo, application_name="bench_asgi_monitor")
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    if self._conn is None or self._conn.closed:
-                        self._conn = psycopg.connect(self._conninfo, autocommit=True)
-                    row = self._conn.execute(sql, params).fetchone()
-                    return tuple(row) if row else ()
-                except psycopg.OperationalError:
-                    if self._conn is not None:
-                        self._conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        raise
-        return ()  # not reached
+        super().__init__(conninfo, application_name="bench_asgi_monitor")
 
     def counts(self, app: str) -> tuple[int, int]:
         """(sessions with ``app`` as application_name, client sessions on the server)."""
-        mine, everyone = self._query(self.SQL, (BENCH_DB, app))
+        mine, everyone = self._row(self.SQL, (BENCH_DB, app))
         return int(mine), int(everyone)
 
     def value(self, sql: str) -> str:
-        row = self._query(sql)
-        return str(row[0]) if row else "?"
+        found = self._query(sql)
+        return "?" if found is None else str(found)
 
     def wait_gone(self, app: str, grace: float = 10.0) -> int:
         """Wait for ``app``'s sessions to end; return how many are left."""
@@ -309,12 +291,6 @@ class SessionSampler:
         finally:
             stop.set()
             thread.join(timeout=10.0)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 # =========================================================================== servers

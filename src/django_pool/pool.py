@@ -504,8 +504,9 @@ class Pool:
         self._start_threads(spawn, False)
 
     def in_transaction(self, conn: Any) -> bool:
-        """True if the driver reports a transaction open on ``conn`` (no I/O)."""
-        return self._adapter_of(conn).state(conn) == IN_TRANSACTION
+        """True if the driver reports a transaction open on lent ``conn`` (no I/O)."""
+        # Every lent connection was opened by a connector, which set the adapter.
+        return self._adapter.state(conn) == IN_TRANSACTION  # type: ignore[union-attr]
 
     def _restore(self, conn: Any, state: int) -> bool:
         """Bring a returned connection back to a clean state; False if it is unusable."""
