@@ -322,18 +322,20 @@ class Pool:
             if self.leak_threshold is not None:
                 _note_taker(slot)
             return slot.conn
-        conn = self._getconn_checked(slot, start, timeout)
-        self._lent[id(conn)].owner = owner
-        if owner is not None and not self._watching_owners:
-            self._watch_owners()
-        return conn
+        return self._getconn_checked(slot, start, timeout, owner)
 
     def _watch_owners(self) -> None:
         with self._changed:
             self._watching_owners = True
             self._changed.notify_all()  # maintenance plans its next wake again
 
-    def _getconn_checked(self, slot: _Slot | None, start: float, timeout: float | None) -> Any:
+    def _getconn_checked(
+        self,
+        slot: _Slot | None,
+        start: float,
+        timeout: float | None,
+        owner: threading.Thread | None,
+    ) -> Any:
         """The rest of :meth:`getconn`: ``slot`` needs a check, or nothing was idle (None)."""
         deadline = start + (self.timeout if timeout is None else timeout)
         queued = 0  # a request is counted as queued once, however often it waits
@@ -361,9 +363,7 @@ class Pool:
             if now < slot.expires_at and slot.generation == self._generation:
                 last_ok = slot.last_ok
                 if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
-                    if self.leak_threshold is not None:
-                        _note_taker(slot, 3)
-                    return slot.conn
+                    return self._lend(slot, owner)
                 try:
                     self._adapter_of(slot.conn).ping(slot.conn)
                 except Exception as exc:
@@ -375,12 +375,19 @@ class Pool:
                     self._drop_lent(slot, lost=True, recorded=recorded)
                 else:
                     slot.last_ok = monotonic()
-                    if self.leak_threshold is not None:
-                        _note_taker(slot, 3)
-                    return slot.conn
+                    return self._lend(slot, owner)
             else:
                 self._drop_lent(slot, lost=False, recorded=recorded)
             slot = recorded = None
+
+    def _lend(self, slot: _Slot, owner: threading.Thread | None) -> Any:
+        """The end of _getconn_checked: the checked slot goes to its borrower."""
+        slot.owner = owner
+        if owner is not None and not self._watching_owners:
+            self._watch_owners()
+        if self.leak_threshold is not None:
+            _note_taker(slot, 4)
+        return slot.conn
 
     def _enqueue_locked(self, start: float, requests: int) -> _Waiter:
         """Queue a request that found nothing idle, and start whatever threads it needs."""
@@ -471,6 +478,8 @@ class Pool:
         now = monotonic()
         with self._lock:
             del self._lent[key]
+            # No longer its borrower's: a thread that ends now leaves nothing.
+            slot.owner = None
             usage = now - slot.lent_at
             usage_pending = self._usage_pending
             usage_pending.append(usage)
@@ -765,8 +774,13 @@ class Pool:
 
     def _reclaim_abandoned(self, slot: _Slot) -> None:
         """Take back a connection whose owner thread ended without returning it."""
-        owner, conn = slot.owner, slot.conn
-        slot.owner = None
+        conn = slot.conn
+        with self._lock:
+            owner = slot.owner
+            # Returned (or lent again) since it was found: nothing to reclaim.
+            if self._lent.get(id(conn)) is not slot or owner is None or owner.is_alive():
+                return
+            slot.owner = None
         logger.warning(
             "pool %r: a connection lent %.1f s ago to thread %r, which ended without "
             "giving it back, was reclaimed. It was taken at:\n%s",
