@@ -30,7 +30,9 @@ from django_pool.backends import (
 )
 from tests.databases import needs_mysql
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Every alias: Django 6.1's system checks ask each database's features, which
+# on MySQL takes a query the first time.
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 SECRET = "s3cret-pw-do-not-log"
 
 
