@@ -15,7 +15,9 @@ hang shows up as a bounded wait that expired, never as a stuck test.
 
 What is checked, whatever the interleaving:
 
-* no connection is lent to two holders at once, nor closed while lent;
+* no connection is lent to two holders at once, nor closed while lent, nor
+  in a transaction; one whose borrower thread ended holding it (passed as
+  ``owner``) is lent again only once that thread is gone;
 * connections open (or being opened) never exceed max_size, allowing for a
   resize down, which only applies to what comes next (see Checker.ceiling);
 * a connection returned broken, in a failed transaction or that failed a ping
@@ -82,6 +84,8 @@ class Checker:
         self.connector: FakeConnector | None = None
         self.pool: Pool | None = None
         self.holders: dict[FakeConnection, str] = {}  # lent connection -> holder
+        # Holders that end without giving back (see PoolMachine.abandon), by name.
+        self.abandoners: dict[str, threading.Thread] = {}
         self.lends: dict[FakeConnection, int] = {}  # connection -> times lent
         self.created: dict[FakeConnection, float] = {}  # connection -> when made
         self.started: dict[FakeConnection, float] = {}  # connection -> connect began
@@ -106,6 +110,11 @@ class Checker:
     def fail(self, message: str) -> None:
         with self.lock:
             self.violations.append(message)
+
+    def gone(self, holder: str) -> bool:
+        """True for an abandoner whose thread has ended: what it held is the pool's again."""
+        thread = self.abandoners.get(holder)
+        return thread is not None and not thread.is_alive()
 
     def open_count(self) -> int:
         assert self.connector is not None
@@ -134,8 +143,10 @@ class Checker:
     def on_lent(self, conn: FakeConnection, holder: str, t0: float) -> None:
         """Called by a holder as soon as getconn (started at ``t0``) lent it ``conn``."""
         with self.lock:
-            if conn in self.holders:
+            if conn in self.holders and not self.gone(self.holders[conn]):
                 self.fail(f"{conn} lent to {holder} while {self.holders[conn]} holds it")
+            if conn.in_transaction:
+                self.fail(f"{conn} lent to {holder} in a transaction (not rolled back)")
             self.holders[conn] = holder
             self.lends[conn] = self.lends.get(conn, 0) + 1
             if conn.closed:
@@ -186,7 +197,11 @@ class Checker:
             waiting, closed = len(pool._waiters), pool._closed
             stale = [s.conn for s in pool._idle if s.generation != pool._generation]
             max_size = pool.max_size
-            unknown = [c for c in self.holders if id(c) not in pool._lent]
+            unknown = [
+                c
+                for c, holder in self.holders.items()
+                if id(c) not in pool._lent and not self.gone(holder)
+            ]
             ceiling = self.ceiling
             if nconns + connecting <= pool.max_size:
                 self.ceiling = pool.max_size
@@ -348,6 +363,7 @@ class Harness:
             max_lifetime=pool_kwargs.get("max_lifetime", 3600.0),
             validate_after=pool_kwargs.get("validate_after", 0.5),
         )
+        self.maintenance = maintenance
         self.max_waiting = pool_kwargs.get("max_waiting", 0)
         self.num_workers = pool_kwargs.get("num_workers", 3)
         self.connector = ck.connector = CheckedConnector(ck, delay)
@@ -363,7 +379,13 @@ class Harness:
 
     # -- borrowing -------------------------------------------------------------------
 
-    def acquire(self, holder: Holder, timeout: float, ctx: bool = False) -> None:
+    def acquire(
+        self,
+        holder: Holder,
+        timeout: float,
+        ctx: bool = False,
+        owner: threading.Thread | None = None,
+    ) -> None:
         assert holder.conn is None
         ck = self.checker
         call: list[float | None] = [monotonic(), None]
@@ -377,7 +399,7 @@ class Harness:
                 cm = self.pool.connection(timeout)
                 conn = cm.__enter__()
             else:
-                conn = self.pool.getconn(timeout)
+                conn = self.pool.getconn(timeout, owner=owner)
         except (PoolTimeout, PoolClosed, TooManyRequests) as exc:
             error = exc
         except Exception as exc:
@@ -763,6 +785,30 @@ class PoolMachine(RuleBasedStateMachine):
         # Let them reach getconn (and block) before the next step; this also
         # lets a run span enough time for lifetimes and max_idle to matter.
         time.sleep(0.003)
+
+    @rule(in_transaction=st.booleans())
+    def abandon(self, in_transaction):
+        """A thread borrows (as its owner) and ends holding the connection.
+
+        Maintenance takes it back within about a second (rolled back), so the
+        quiescence checks see it returned; until the thread is gone, nobody
+        else may get it.
+        """
+        h = self.h
+        if not h.maintenance:
+            return
+        holder = Holder(f"abandoner-{len(h.checker.abandoners)}")
+
+        def run() -> None:
+            h.acquire(holder, timeout=0.05, owner=threading.current_thread())
+            if holder.conn is not None:
+                holder.conn.in_transaction = in_transaction
+
+        thread = threading.Thread(target=run, name=holder.name)
+        with h.checker.lock:
+            h.checker.abandoners[holder.name] = thread
+        thread.start()
+        thread.join(2.0)
 
     def _use(self, worker: Worker, timeout: float, ctx: bool, then: str | None) -> None:
         self.h.acquire(worker, timeout, ctx)

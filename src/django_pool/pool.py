@@ -734,11 +734,12 @@ class Pool:
         """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``.
 
         Also reports connections lent for longer than ``leak_threshold``, and
-        reclaims those whose owner thread ended.
+        reclaims those whose owner thread ended: after close() too, until no
+        lent connection has an owner (a reclaimed one is then closed).
         """
         while True:
             with self._lock:
-                if self._closed:
+                if self._closed and not self._owned_lent_locked():
                     return
                 now = monotonic()
                 expired = self._take_expired_idle_locked(now)
@@ -764,13 +765,16 @@ class Pool:
                     stack,
                 )
             with self._changed:
-                if self._closed:
+                if self._closed and not self._owned_lent_locked():
                     return
                 now = monotonic()
                 self._maintenance_due = self._next_maintenance_locked(now)
                 # Woken early by close(), new connections, or a return whose
                 # lifetime ends before the planned time (see putconn).
                 self._changed.wait(max(0.01, self._maintenance_due - now))
+
+    def _owned_lent_locked(self) -> bool:
+        return self._watching_owners and any(s.owner is not None for s in self._lent.values())
 
     def _reclaim_abandoned(self, slot: _Slot) -> None:
         """Take back a connection whose owner thread ended without returning it."""
