@@ -104,7 +104,8 @@ def start(
         **base_env,
         "DJANGO_SUITE_POOLED": "1" if run.pooled else "0",
         "DJANGO_SUITE_POOL": args.pool,
-        "DJANGO_SUITE_PREFIX": f"djs_{run.name}",
+        # Per process: two comparisons may share a server at the same time.
+        "DJANGO_SUITE_PREFIX": f"djs{os.getpid()}_{run.name}",
         "DJANGO_SUITE_RESULTS": str(run.results),
     }
     path = [str(REPO)]
