@@ -94,15 +94,15 @@ class TransactionRelease:
 
     def _set_release(self, per_transaction: bool) -> None:
         self._release_per_transaction = per_transaction
+
+    def _cursor(self, name: str | None = None) -> Any:
         # Django's _cursor() borrows (ensure_connection) then makes the cursor;
         # whatever runs in between (a subclass's set-up queries) must not give
-        # the connection back. Set per instance, so "request" pays nothing.
-        if per_transaction:
-            self._cursor = self._cursor_held
-        else:
-            self.__dict__.pop("_cursor", None)
-
-    def _cursor_held(self, name: str | None = None) -> Any:
+        # the connection back. (Not a bound method stored on the instance: that
+        # would be a reference cycle, and Django 6.1 frees wrappers without
+        # the garbage collector.)
+        if not self._release_per_transaction:
+            return super()._cursor(name)  # type: ignore[misc]
         # What _held() does, written out: this runs for every statement.
         self._holds += 1
         try:
