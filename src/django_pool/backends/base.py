@@ -332,9 +332,7 @@ class PooledWrapperMixin(TransactionRelease):
         conn = self.connection
         discard = False
         if self._open_chunked:  # release="transaction": server-side cursors left open
-            self._session_changes |= self._cursors_left_open(
-                self._session_dialect.chunked_cursor_change
-            )
+            self._session_changes |= int(self._session_dialect.chunked_cursor_change)
         if (
             self.errors_occurred
             or self.autocommit != self.settings_dict["AUTOCOMMIT"]

@@ -38,8 +38,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from ..session import Change
-
 
 class TransactionRelease:
     """The part of :class:`~django_pool.backends.base.PooledWrapperMixin` that
@@ -113,10 +111,6 @@ class TransactionRelease:
     def _start_borrow(self) -> None:
         self._borrows += 1
         self._open_cursors = self._open_chunked = 0
-
-    def _cursors_left_open(self, chunked_cursor_change: Change) -> int:
-        """Session bits for cursors still open at a return (server-side ones outlive it)."""
-        return int(chunked_cursor_change) if self._open_chunked else 0
 
     def set_autocommit(
         self, autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
