@@ -743,3 +743,135 @@ def test_without_an_owner_a_connection_of_an_ended_thread_stays_lent(make_pool):
     assert pool.get_stats()["pool_in_use"] == 1
     pool.putconn(conn)  # handed to another thread, which gives it back
     assert pool.get_stats()["connections_reclaimed"] == 0
+
+
+# -- parking (Pool.park / Pool.unpark) -----------------------------------------------
+
+
+def test_a_parked_connection_is_taken_back_by_its_borrower_without_a_checkout(make_pool):
+    pool, connector = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    assert pool.park(conn)
+    stats = pool.get_stats()
+    # Given back as far as anybody else can tell.
+    assert stats["pool_in_use"] == 0 and stats["pool_available"] == 1
+    assert pool.unpark(conn)
+    stats = pool.get_stats()
+    assert stats["pool_in_use"] == 1 and stats["pool_available"] == 0
+    assert stats["requests_num"] == 2 and conn.pings == 0
+    pool.putconn(conn)
+    assert pool.get_stats()["pool_available"] == 1 and len(connector.made) == 1
+
+
+def test_a_parked_connection_goes_to_the_next_request_that_finds_nothing_idle(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    assert pool.park(conn)
+    assert pool.getconn(timeout=0.5) is conn  # taken by another borrower
+    assert not pool.unpark(conn)  # so the first one borrows again
+    assert pool.get_stats()["pool_in_use"] == 1
+    pool.putconn(conn)
+
+
+def test_parking_hands_the_connection_to_a_waiting_request(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(pool.getconn(timeout=5)))
+    waiter.start()
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    assert pool.park(conn)
+    waiter.join(5)
+    assert got == [conn] and not pool.unpark(conn)
+    pool.putconn(conn)
+
+
+def test_a_connection_in_a_transaction_is_not_parked(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    conn.in_transaction = True
+    assert not pool.park(conn)
+    assert pool.get_stats()["pool_in_use"] == 1 and conn.rollbacks == 0
+    conn.in_transaction = False
+    pool.putconn(conn)
+
+
+def test_a_broken_or_expired_connection_is_given_back_instead_of_parked(make_pool):
+    pool, connector = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    conn.closed = True
+    assert pool.park(conn)  # no longer the caller's: discarded and replaced
+    assert not pool.unpark(conn)
+    replacement = pool.getconn(timeout=2)
+    assert replacement is not conn and len(connector.made) == 2
+    assert pool.get_stats()["returns_bad"] == 1
+    pool.putconn(replacement)
+
+
+def test_an_unclaimed_parked_connection_becomes_idle_and_is_checked(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1, validate_after=0.2)
+    pool.wait()
+    conn = pool.getconn()
+    assert pool.park(conn)
+    time.sleep(0.3)  # parked longer than validate_after
+    # Maintenance or the claim itself makes it an ordinary idle connection...
+    assert not pool.unpark(conn)
+    # ...which the next checkout pings, as any connection idle that long.
+    assert pool.getconn(timeout=1) is conn and conn.pings == 1
+    pool.putconn(conn)
+
+
+def test_maintenance_moves_parked_connections_to_idle(make_pool):
+    pool, _ = make_pool(min_size=2, max_size=2, validate_after=0.2)
+    pool.wait()
+    first, second = pool.getconn(), pool.getconn()
+    pool.putconn(second)
+    assert pool.park(first)
+    wait_until(lambda: not pool._parked, timeout=3)
+    assert len(pool._idle) == 2
+    # The idle stack stays ordered by age: the one parked last is on top.
+    assert pool._idle[-1].conn is first
+
+
+def test_validate_after_zero_never_parks(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1, validate_after=0)
+    pool.wait()
+    conn = pool.getconn()
+    pings = conn.pings
+    assert pool.park(conn)
+    assert not pool.unpark(conn)  # given back: every checkout pings
+    assert pool.getconn(timeout=1) is conn and conn.pings == pings + 1
+    pool.putconn(conn)
+
+
+def test_close_and_drain_close_parked_connections(make_pool):
+    pool, connector = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    assert pool.park(conn)
+    pool.drain()
+    assert conn.closed and not pool.unpark(conn)
+    replacement = pool.getconn(timeout=2)
+    assert pool.park(replacement)
+    pool.close()
+    assert replacement.closed and pool.get_stats()["pool_size"] == 0
+    assert len(connector.made) == 2
+
+
+def test_parked_time_is_not_usage_and_not_a_leak(make_pool, caplog):
+    caplog.set_level("WARNING", logger="django_pool")
+    pool, _ = make_pool(min_size=1, max_size=1, leak_threshold=0.2, validate_after=None)
+    pool.wait()
+    conn = pool.getconn()
+    assert pool.park(conn)
+    time.sleep(0.5)  # past leak_threshold, but parked
+    assert pool.unpark(conn)
+    pool.putconn(conn)
+    assert pool.get_stats()["leaks_detected"] == 0
+    usage = pool.get_histograms()["usage"]
+    assert usage.count == 2 and usage.total < 0.2

@@ -25,6 +25,9 @@ What is checked, whatever the interleaving:
   on return; with validate_after=0 a dead connection is never lent;
 * after drain(), no older connection is idle or lent, and each is closed on
   return; after close(), none is lent and every one is closed on return;
+* a parked connection is lent to nobody while parked; when its holder takes
+  it back (unpark) nobody else holds it, and every promise of a checkout
+  (lifetime, drain, not closed, not in a transaction) holds for it too;
 * every getconn ends within its timeout (plus slack) with a connection,
   PoolTimeout (never early), PoolClosed (only once close() began, and at once
   for waiters) or TooManyRequests (only with max_waiting requests queued);
@@ -69,8 +72,9 @@ LIFETIME_SLACK = 0.05
 # How long the pool may take to settle (connectors done, closes done) once
 # every connection is back.
 SETTLE = 3.0
-# Ways to give a connection back.
-HOW = ("ok", "ok", "txn", "broken", "dead_txn", "dead_idle", "disconnect")
+# Ways to give a connection back ("park": Pool.park, taken back at the
+# holder's next acquire if nobody took it meanwhile).
+HOW = ("ok", "ok", "txn", "broken", "dead_txn", "dead_idle", "disconnect", "park")
 
 
 class Checker:
@@ -191,6 +195,8 @@ class Checker:
         with self.lock, pool._lock:
             idle = [s.conn for s in pool._idle]
             lent = [s.conn for s in pool._lent.values()]
+            parked = [s.conn for s in pool._parked.values()]
+            parked_lent = all(pool._lent.get(k) is s for k, s in pool._parked.items())
             keys_ok = all(key == id(s.conn) for key, s in pool._lent.items())
             nconns, connecting = pool._nconns, pool._connecting
             served = [w for w in pool._waiters if w.slot is not None or w.error is not None]
@@ -212,6 +218,12 @@ class Checker:
             problems.append("a connection twice in _idle/_lent")
         if idle and waiting:
             problems.append(f"{len(idle)} idle connections while {waiting} requests wait")
+        if not parked_lent:
+            problems.append("a parked slot not in _lent")
+        if parked and waiting:
+            problems.append(f"{len(parked)} parked connections while {waiting} requests wait")
+        if any(c.closed or c.in_transaction for c in parked):
+            problems.append(f"a closed or in-transaction connection parked: {parked}")
         if served:
             problems.append("a request handed a connection or an error is still queued")
         if nconns < 0 or connecting < 0:
@@ -305,6 +317,7 @@ class Holder:
         self.name = name
         self.conn: FakeConnection | None = None
         self.cm: AbstractContextManager[Any] | None = None  # when lent by pool.connection()
+        self.parked: FakeConnection | None = None  # given back with Pool.park()
 
 
 class Worker(Holder):
@@ -394,10 +407,13 @@ class Harness:
         t0 = monotonic()
         closed_before = ck.closed_at is not None
         conn = cm = error = None
+        parked, holder.parked = holder.parked, None
         try:
             if ctx:
                 cm = self.pool.connection(timeout)
                 conn = cm.__enter__()
+            elif parked is not None and self.pool.unpark(parked, owner):
+                conn = parked
             else:
                 conn = self.pool.getconn(timeout, owner=owner)
         except (PoolTimeout, PoolClosed, TooManyRequests) as exc:
@@ -493,7 +509,10 @@ class Harness:
             expired = before - created > ck.max_lifetime + LIFETIME_SLACK
             lends = ck.lends[conn]
         try:
-            if cm is None:
+            if how == "park" and cm is None:
+                self.pool.park(conn)
+                holder.parked = conn
+            elif cm is None:
                 self.pool.putconn(conn)
             elif how == "disconnect":
                 exc = FakeDisconnect(f"{conn} dropped")
@@ -957,7 +976,7 @@ def test_hammer_many_threads():
                     continue
                 if rng.random() < 0.3:
                     time.sleep(rng.random() * 0.002)
-                how = rng.choices(HOW, weights=[40, 30, 10, 8, 4, 4, 4])[0]
+                how = rng.choices(HOW, weights=[40, 30, 10, 8, 4, 4, 4, 20])[0]
                 h.give_back(holder, how)
         except BaseException as exc:
             h.checker.fail(f"hammer-{i} crashed: {exc!r}")

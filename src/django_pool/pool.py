@@ -10,10 +10,15 @@ more than a few microseconds. The invariant it protects:
   :class:`_Slot` is in exactly one of ``_idle`` (ready to lend) and ``_lent``
   (with a caller, or with the thread checking it before lending or resetting it
   on its way back);
+* ``_parked`` holds the lent slots given back with :meth:`Pool.park`: lent to
+  nobody, clean, and lendable as idle ones are, but kept for the borrower
+  that parked them to take back (:meth:`Pool.unpark`) until another request
+  needs one or they have been parked for ``_park_limit``;
 * ``_nconns + _connecting <= max_size``, where ``_connecting`` counts connect
   attempts under way (including their back-off sleeps);
-* ``_idle`` is non-empty only while ``_waiters`` is empty: a connection that
-  comes back or is newly opened goes to the oldest waiter first;
+* ``_idle`` and ``_parked`` are non-empty only while ``_waiters`` is empty: a
+  connection that comes back, is parked or is newly opened goes to the oldest
+  waiter first;
 * a waiter leaves ``_waiters`` exactly once: handed a slot (already in
   ``_lent``), handed an error, or removed by itself when it gives up.
 
@@ -59,6 +64,9 @@ _EWMA_WEIGHT = 0.2
 # How often the maintenance thread looks for connections whose owner thread
 # ended while they were lent (see getconn's ``owner``).
 _OWNER_CHECK_INTERVAL = 1.0
+# The longest a connection stays parked (see Pool.park) before it becomes an
+# ordinary idle one; never longer than validate_after.
+_PARK_LIMIT = 1.0
 
 _pool_numbers = iter(range(1, 1 << 62))
 
@@ -208,6 +216,9 @@ class Pool:
             self._validate_window = math.inf
         else:
             self._validate_window = validate_after or -math.inf
+        # A parked connection older than validate_after would need a check
+        # before it is lent again, like any idle one: it becomes one.
+        self._park_limit = min(_PARK_LIMIT, self._validate_window)
 
         self._init_state()
         fork.register(self)
@@ -221,6 +232,7 @@ class Pool:
         self._closing = threading.Event()  # interrupts connectors' back-off sleeps
         self._idle: deque[_Slot] = deque()
         self._lent: dict[int, _Slot] = {}
+        self._parked: dict[int, _Slot] = {}
         self._waiters: deque[_Waiter] = deque()
         self._nconns = 0
         self._connecting = 0
@@ -277,8 +289,8 @@ class Pool:
         state = "closed" if self._closed else "open" if self._opened else "not open"
         return (
             f"<{type(self).__name__} {self.name!r} {driver} {state} "
-            f"size={self._nconns}/{self.max_size} idle={len(self._idle)} "
-            f"in_use={len(self._lent)} waiting={len(self._waiters)}>"
+            f"size={self._nconns}/{self.max_size} idle={len(self._idle) + len(self._parked)} "
+            f"in_use={len(self._lent) - len(self._parked)} waiting={len(self._waiters)}>"
         )
 
     # -- lending -------------------------------------------------------------------
@@ -345,9 +357,12 @@ class Pool:
         while True:
             if slot is None:
                 with self._lock:
-                    if self._idle:
-                        slot = self._idle.pop()
-                        self._lent[id(slot.conn)] = slot
+                    if self._idle or self._parked:
+                        if self._idle:
+                            slot = self._idle.pop()
+                            self._lent[id(slot.conn)] = slot
+                        else:  # parked by another borrower, who will borrow again
+                            slot = self._parked.popitem()[1]
                         slot.lent_at = start
                         recorded = monotonic() - start
                         self._wait_histogram.observe(recorded)
@@ -478,13 +493,10 @@ class Pool:
         now = monotonic()
         with self._lock:
             del self._lent[key]
+            self._parked.pop(key, None)
             # No longer its borrower's: a thread that ends now leaves nothing.
             slot.owner = None
-            usage = now - slot.lent_at
-            usage_pending = self._usage_pending
-            usage_pending.append(usage)
-            if len(usage_pending) >= _USAGE_BATCH:
-                self._usage_histogram.observe_all(usage_pending)
+            usage = self._count_usage_locked(slot, now)
             if (
                 good
                 and now < slot.expires_at
@@ -511,6 +523,103 @@ class Pool:
             spawn = self._connectors_to_start_locked()
         self._close_quietly(conn)
         self._start_threads(spawn, False)
+
+    def _count_usage_locked(self, slot: _Slot, now: float) -> float:
+        """Note how long ``slot`` was used, now that it comes back."""
+        usage = now - slot.lent_at
+        usage_pending = self._usage_pending
+        usage_pending.append(usage)
+        if len(usage_pending) >= _USAGE_BATCH:
+            self._usage_histogram.observe_all(usage_pending)
+        return usage
+
+    # -- parking: a return its borrower may take back ---------------------------------
+
+    def park(self, conn: Any) -> bool:
+        """Give back lent ``conn`` for now, keeping a claim on it (see :meth:`unpark`).
+
+        For a borrower that gives its connection back between uses and soon
+        borrows again (``release="transaction"``), and that knows it left
+        nothing in the session to reset. The connection is at once what an
+        idle one is to everybody else: counted available, handed to a waiting
+        request, taken by the next request that finds nothing idle. Unless
+        that happens first, :meth:`unpark` takes it back without the work of
+        a return and a checkout. After ``validate_after`` (at most a second)
+        it becomes an ordinary idle connection.
+
+        Returns False, and the connection stays lent, if the driver reports a
+        transaction in progress. A connection that needs more than a park
+        (broken, past its lifetime, or the pool has a ``reset`` hook) is
+        given back as :meth:`putconn` does; True then too: either way, it is
+        no longer the caller's.
+        """
+        # Every lent connection was opened by a connector, which set the adapter.
+        state = self._adapter.state(conn)  # type: ignore[union-attr]
+        if state == IN_TRANSACTION:
+            return False
+        if state == IDLE and self._reset is None:
+            key = id(conn)
+            now = monotonic()
+            with self._lock:
+                slot = self._lent.get(key)
+                if (
+                    slot is not None
+                    and key not in self._parked
+                    and now < slot.expires_at
+                    and slot.generation == self._generation
+                    and self._nconns <= self.max_size
+                    and not self._closed
+                    and self._park_limit > 0
+                ):
+                    slot.owner = None
+                    self._count_usage_locked(slot, now)
+                    slot.last_ok = now
+                    if self._waiters:
+                        del self._lent[key]
+                        self._hand_over_locked(slot, now)
+                    else:
+                        self._parked[key] = slot
+                        if self._maintenance_due > now + 2 * self._park_limit:
+                            self._changed.notify_all()  # plan the move to idle
+                    return True
+        self.putconn(conn)
+        return True
+
+    def unpark(self, conn: Any, owner: threading.Thread | None = None) -> bool:
+        """Take back ``conn`` after :meth:`park`: True if nobody else took it.
+
+        False when another request took it, or it has been parked too long to
+        be lent without a check: borrow with :meth:`getconn` then. ``owner``
+        is getconn's.
+        """
+        key = id(conn)
+        now = monotonic()
+        with self._lock:
+            slot = self._parked.pop(key, None)
+            if slot is None:
+                return False
+            if (
+                now - slot.last_ok < self._park_limit
+                and now < slot.expires_at
+                and slot.generation == self._generation
+                and slot.last_ok >= self._distrust_before
+            ):
+                self._requests_num += 1
+                slot.lent_at = now
+                slot.owner = owner
+                return True
+            self._unpark_to_idle_locked(slot)
+            return False
+
+    def _unpark_to_idle_locked(self, slot: _Slot) -> None:
+        """Make a parked slot (popped from ``_parked``) an ordinary idle one."""
+        del self._lent[id(slot.conn)]
+        # The idle stack is ordered by last_ok, newest on top.
+        idle = self._idle
+        position = len(idle)
+        while position and idle[position - 1].last_ok > slot.last_ok:
+            position -= 1
+        idle.insert(position, slot)
 
     def in_transaction(self, conn: Any) -> bool:
         """True if the driver reports a transaction open on lent ``conn`` (no I/O)."""
@@ -742,6 +851,7 @@ class Pool:
                 if self._closed and not self._owned_lent_locked():
                     return
                 now = monotonic()
+                self._unpark_stale_locked(now)
                 expired = self._take_expired_idle_locked(now)
                 spawn = self._connectors_to_start_locked()
                 leaks = self._take_leaks_locked(now) if self.leak_threshold is not None else []
@@ -812,6 +922,23 @@ class Pool:
             self._connections_reclaimed += 1
         self.putconn(conn, discard=not keep)
 
+    def _unpark_stale_locked(self, now: float) -> None:
+        """Parked connections nobody took back within ``_park_limit`` become idle ones."""
+        for key, slot in list(self._parked.items()):
+            if now - slot.last_ok >= self._park_limit:
+                del self._parked[key]
+                self._unpark_to_idle_locked(slot)
+
+    def _take_idle_locked(self) -> list[_Slot]:
+        """Empty ``_idle`` and ``_parked`` (close(), drain()): their slots, no longer counted."""
+        slots = [*self._idle, *self._parked.values()]
+        for key in self._parked:
+            del self._lent[key]
+        self._idle.clear()
+        self._parked.clear()
+        self._nconns -= len(slots)
+        return slots
+
     def _take_expired_idle_locked(self, now: float) -> list[_Slot]:
         expired = [
             s for s in self._idle if now >= s.expires_at or s.generation != self._generation
@@ -836,8 +963,10 @@ class Pool:
         threshold = self.leak_threshold
         assert threshold is not None
         leaks = []
-        for slot in self._lent.values():
-            if not slot.leak_reported and now - slot.lent_at >= threshold:
+        for key, slot in self._lent.items():
+            if key in self._parked or slot.leak_reported:
+                continue
+            if now - slot.lent_at >= threshold:
                 slot.leak_reported = True
                 leaks.append((now - slot.lent_at, _format_stack(slot.taken_by)))
         self._leaks_detected += len(leaks)
@@ -851,12 +980,14 @@ class Pool:
             wake_at = min(wake_at, self._idle[0].last_ok + self.max_idle)
         if self._watching_owners:
             wake_at = min(wake_at, now + _OWNER_CHECK_INTERVAL)
+        for slot in self._parked.values():
+            wake_at = min(wake_at, slot.last_ok + self._park_limit)
         threshold = self.leak_threshold
         if threshold is not None:
             # Connections lent later are seen within a quarter of the threshold.
             wake_at = min(wake_at, now + threshold / 4)
-            for slot in self._lent.values():
-                if not slot.leak_reported:
+            for key, slot in self._lent.items():
+                if not slot.leak_reported and key not in self._parked:
                     wake_at = min(wake_at, slot.lent_at + threshold)
         return wake_at
 
@@ -915,9 +1046,7 @@ class Pool:
                 return
             self._closed = True
             self._closing.set()
-            idle = list(self._idle)
-            self._idle.clear()
-            self._nconns -= len(idle)
+            idle = self._take_idle_locked()
             for waiter in self._waiters:
                 waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
                 waiter.ready.release()
@@ -965,9 +1094,7 @@ class Pool:
         """
         with self._lock:
             self._generation += 1
-            idle = list(self._idle)
-            self._idle.clear()
-            self._nconns -= len(idle)
+            idle = self._take_idle_locked()
             spawn = self._connectors_to_start_locked()
             self._changed.notify_all()
         for slot in idle:
@@ -1024,6 +1151,7 @@ class Pool:
                 "wait": self._wait_histogram.snapshot(
                     zeros=sum(self._usage_locked().counts)
                     + len(self._lent)
+                    - len(self._parked)
                     - sum(self._wait_histogram.counts)
                 ),
                 "usage": self._usage_histogram.snapshot(),
@@ -1034,8 +1162,8 @@ class Pool:
             "pool_min": self.min_size,
             "pool_max": self.max_size,
             "pool_size": self._nconns + self._connecting,
-            "pool_available": len(self._idle),
-            "pool_in_use": len(self._lent),
+            "pool_available": len(self._idle) + len(self._parked),
+            "pool_in_use": len(self._lent) - len(self._parked),
             "connections_opening": self._connecting,
             "requests_waiting": len(self._waiters),
             "requests_num": self._requests_num,

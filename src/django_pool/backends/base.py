@@ -223,6 +223,8 @@ class PooledWrapperMixin(TransactionRelease):
             self._current_pool_options()
         if self.pool_options is None:
             return super().connect()  # type: ignore[misc, no-any-return]
+        if self._parked_conn is not None and self._unpark():
+            return None
         # Django's connect(), less the steps done once per pool or per
         # connection: check_settings() (when the pool is made), connection
         # parameters, set_autocommit() and init_connection_state() (when the
@@ -267,12 +269,7 @@ class PooledWrapperMixin(TransactionRelease):
         else:
             known = True
         try:
-            # The borrowing thread, so that the pool takes the connection back
-            # if the thread ends with it (a thread doing ORM work that nobody
-            # closes): unless the wrapper is shared across threads. (Django's
-            # allow_thread_sharing reads the same count, under a lock.)
-            owner = None if self._thread_sharing_count else self._owner_thread
-            conn = entry.pool.getconn(owner=owner)
+            conn = entry.pool.getconn(owner=self._borrower())
         except PoolError as exc:
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
@@ -425,6 +422,7 @@ class PooledWrapperMixin(TransactionRelease):
 
     def forget_pooled_connection(self) -> None:
         """Drop a borrowed connection without returning it (after fork, in the child)."""
+        self._parked_conn = None
         if self._pool_entry is not None:
             self.connection = None
             self._pool_entry = None
