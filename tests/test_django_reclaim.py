@@ -2,7 +2,11 @@
 
 Without ``django_pool.threads``' helper nobody returns such a thread's
 connection; the pool takes it back once the thread has ended, cleans it and
-lends it again. Real servers, both release modes.
+lends it again. Plain ORM work there gives its connection back after each
+statement anyway (outside a request, in a thread but the main one, both
+modes follow the "transaction" rules): what is reclaimed is a connection such
+a thread still held (a cursor left open, pinned session state). Real servers,
+both release modes.
 """
 
 from __future__ import annotations
@@ -45,8 +49,18 @@ def in_a_thread_that_forgets(work: Callable[[], object]) -> None:
     thread.join()
 
 
+def _count(alias: str) -> None:
+    Item.objects.using(alias).count()
+
+
+def _cursor_left_open(alias: str) -> None:
+    # Holds the connection (it may still be read) until the thread ends.
+    connections[alias].cursor().execute("SELECT 1")
+
+
 @pytest.mark.parametrize("alias", ALL_ALIASES)
-def test_orm_work_in_bare_threads_never_loses_a_connection(alias, caplog):
+@pytest.mark.parametrize("work", [_count, _cursor_left_open], ids=["orm", "cursor-left-open"])
+def test_orm_work_in_bare_threads_never_loses_a_connection(alias, work, caplog):
     caplog.set_level("WARNING", logger="django_pool")
     Item.objects.using(alias).create(name="x")
     connections[alias].close()
@@ -55,18 +69,67 @@ def test_orm_work_in_bare_threads_never_loses_a_connection(alias, caplog):
     # Twice the pool's size: without reclaiming, the fifth would time out.
     threads = 2 * pool.max_size
     for _ in range(threads):
-        in_a_thread_that_forgets(lambda: Item.objects.using(alias).count())
+        in_a_thread_that_forgets(lambda: work(alias))
     wait_until(lambda: pool.get_stats()["pool_in_use"] == 0)
     after = get_stats(alias)
     assert after["requests_errors"] == before["requests_errors"]
     reclaimed = after["connections_reclaimed"] - before["connections_reclaimed"]
-    if alias.endswith("_tx"):
-        assert reclaimed == 0  # each statement gave its connection back already
+    if work is _count:
+        # Outside a request, in a thread but the main one, each statement gives
+        # its connection back (release="request" too): nothing to reclaim.
+        assert reclaimed == 0
     else:
         assert reclaimed == threads
         warnings = [r.getMessage() for r in caplog.records if "was reclaimed" in r.getMessage()]
         assert len(warnings) == threads and "'forgets-its-connection'" in warnings[0]
     assert Item.objects.using(alias).count() == 1  # and the next request is served
+
+
+def _in_thread(work: Callable[[], object]) -> None:
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+
+
+def test_request_mode_holds_a_connection_for_the_request_and_in_the_main_thread():
+    """release="request": held for a whole request in its thread, and in the main
+    thread; outside a request, another thread gives it back after each statement."""
+    from django.core.signals import request_finished, request_started
+
+    wrapper = connections["default"]
+    Item.objects.count()
+    assert wrapper.connection is not None  # the main thread keeps it
+    wrapper.close()
+    seen: dict[str, object] = {}
+
+    def outside_a_request() -> None:
+        Item.objects.count()
+        seen["outside"] = connections["default"].connection
+        connections["default"].close()
+
+    def inside_a_request() -> None:
+        request_started.send(sender=None)
+        Item.objects.count()
+        seen["inside"] = connections["default"].connection
+        request_finished.send(sender=None)
+        seen["after"] = connections["default"].connection
+
+    _in_thread(outside_a_request)
+    _in_thread(inside_a_request)
+    assert seen["outside"] is None
+    assert seen["inside"] is not None
+    assert seen["after"] is None
+    assert get_pool("default").get_stats()["pool_in_use"] == 0
 
 
 def test_a_reclaimed_session_is_cleaned_as_on_a_normal_return():

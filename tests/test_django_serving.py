@@ -690,6 +690,8 @@ def test_uvicorn_release_transaction_holds_nothing_across_an_await(
     ("release", "pattern"),
     [
         ("request", "leak-thread"),
+        ("request", "leak-gather"),
+        ("request", "leak-task"),
         ("transaction", "leak-thread"),
         ("transaction", "leak-gather"),
         ("transaction", "leak-task"),

@@ -1077,8 +1077,13 @@ class Pool:
         with self._lock:
             self.min_size, self.max_size = min_size, max_size
             excess = []
-            while self._idle and self._nconns > max_size:
-                excess.append(self._idle.popleft())
+            while self._nconns > max_size and (self._idle or self._parked):
+                if self._idle:
+                    excess.append(self._idle.popleft())
+                else:
+                    key, slot = self._parked.popitem()
+                    del self._lent[key]
+                    excess.append(slot)
                 self._nconns -= 1
             spawn = self._connectors_to_start_locked()
             self._changed.notify_all()

@@ -136,7 +136,7 @@ class PooledWrapperMixin(TransactionRelease):
         self._pool_settings_dict = settings_dict
         self._session_detect = detect
         self._session_undo_always = undo_always
-        self._set_release(options is not None and options.release == "transaction")
+        self._set_release(options is not None and options.release == "transaction", detect)
         self._known_entry = None
 
     def _current_pool_options(self) -> PoolOptions | None:
@@ -274,8 +274,7 @@ class PooledWrapperMixin(TransactionRelease):
             raise database_error(exc, self.alias, self.vendor, self.settings_dict) from exc
         self._pool_entry = entry
         self._session_changes = self._session_undo_always
-        if self._release_per_transaction:
-            self._start_borrow()
+        self._start_borrow()
         if not known:  # complete now that the pool has opened a connection
             self.__dict__.update(entry.wrapper_state)
             self._known_entry = entry

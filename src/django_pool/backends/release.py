@@ -6,6 +6,16 @@ has to survive until the next statement, and the next statement borrows
 again: an async view that awaits an outside call, or a sync view that blocks
 on one, holds no connection meanwhile.
 
+With ``"request"``, a connection borrowed *outside* a request (between
+``request_started`` and ``request_finished`` in that thread) by a thread other
+than the main one follows the ``"transaction"`` rules too, when the session is
+tracked (``session_reset="detected"``, the default): nothing ever ends a
+"request" there, so nothing would give it back. Those are asyncio's worker
+threads (``sync_to_async(thread_sensitive=False)``), the threads that run
+tasks left running after the response, and threads a view starts. The main
+thread (scripts, management commands, tests) keeps its connection until it
+is closed, as without pooling.
+
 The rules, all here: the connection is kept while any of these holds, and
 given back when the last of them ends (the check runs when a cursor is
 closed and when autocommit is switched back on, which is how every
@@ -41,19 +51,42 @@ little more than with ``"request"``.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
-from threading import Thread
+from threading import Thread, main_thread
 from typing import Any
 
+from django.core.signals import request_finished, request_started
 from django.db.backends.signals import connection_created
+
+# ``active`` is True in a thread between request_started and request_finished:
+# Django sends both in the thread that serves the request (under ASGI, the
+# request's thread-sensitive thread, where its ORM calls run).
+_requests = threading.local()
+
+
+def _request_started(**kwargs: Any) -> None:
+    _requests.active = True
+
+
+def _request_finished(**kwargs: Any) -> None:
+    _requests.active = False
+
+
+request_started.connect(_request_started, dispatch_uid="django_pool.request_started")
+request_finished.connect(_request_finished, dispatch_uid="django_pool.request_finished")
 
 
 class TransactionRelease:
     """The part of :class:`~django_pool.backends.base.PooledWrapperMixin` that
     gives a connection back between transactions (``release="transaction"``)."""
 
-    #: True with ``release="transaction"``.
+    #: True while the current checkout follows the "transaction" rules.
     _release_per_transaction = False
+    # release="transaction"; release="request" with the session tracked (the
+    # rules then apply outside requests, in threads but the main one).
+    _release_always = False
+    _release_outside_requests = False
     # Numbers the checkouts: a cursor counts against the one it was made in,
     # so a cursor left open past a return cannot count against the next.
     _borrows = 0
@@ -111,7 +144,9 @@ class TransactionRelease:
         finally:
             self._holds -= 1
 
-    def _set_release(self, per_transaction: bool) -> None:
+    def _set_release(self, per_transaction: bool, session_tracked: bool) -> None:
+        self._release_always = per_transaction
+        self._release_outside_requests = session_tracked and not per_transaction
         self._release_per_transaction = per_transaction
 
     def _cursor(self, name: str | None = None) -> Any:
@@ -134,6 +169,12 @@ class TransactionRelease:
     def _start_borrow(self) -> None:
         self._borrows += 1
         self._open_cursors = self._open_chunked = 0
+        self._release_per_transaction = self._release_always or (
+            self._release_outside_requests
+            and not getattr(_requests, "active", False)
+            and not self._thread_sharing_count
+            and self._owner_thread is not main_thread()
+        )
 
     def set_autocommit(
         self, autocommit: bool, force_begin_transaction_with_broken_autocommit: bool = False
