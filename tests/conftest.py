@@ -9,6 +9,7 @@ variables or else a skip that says why.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -50,6 +51,17 @@ def pg_server() -> PostgresServer:
     server = testservers.postgres_server()
     server.ensure_database(TEST_DATABASE)
     return server
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test session's own (embedded), for tests that restart,
+    stop or stall a server: never the one PGHOST names, which may be the
+    developer's own database with other work using it."""
+    server = testservers.start_embedded_postgres()
+    server.ensure_database(TEST_DATABASE)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,11 @@ test_pool_mysql.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -534,15 +537,40 @@ def test_putconn_rejects_foreign_and_double_returns(make_pool):
         ({"min_size": 5, "max_size": 2}, r"max_size \(2\) must be >= min_size \(5\)"),
         ({"min_size": -1}, "min_size must be an integer >= 0"),
         ({"timeout": "30"}, "timeout must be a number"),
-        ({"max_lifetime": 0}, "max_lifetime must be a number > 0"),
+        ({"max_lifetime": 0}, "max_lifetime must be a number of seconds > 0"),
         ({"num_workers": 0}, "num_workers must be an integer >= 1"),
-        ({"validate_after": -1}, "validate_after must be a number >= 0"),
-        ({"leak_threshold": 0}, "leak_threshold must be a number > 0"),
+        ({"validate_after": -1}, "validate_after must be a number of seconds >= 0"),
+        ({"leak_threshold": 0}, "leak_threshold must be a number of seconds > 0"),
     ],
 )
 def test_bad_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
         Pool(FakeConnector(), FakeAdapter(), open=False, **options)
+
+
+TIME_OPTIONS = ("timeout", "max_lifetime", "max_idle", "validate_after", "leak_threshold")
+
+
+@pytest.mark.parametrize("key", TIME_OPTIONS)
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), -float("inf"), 10**400, 1e300], ids=repr
+)
+def test_absurd_times_are_refused_with_the_key_named(key, value):
+    # Accepted, each of these broke the pool later: OverflowError at the first
+    # checkout, a connector or maintenance thread dead, a NaN lifetime that
+    # made every connection unfit to lend (hundreds opened a second).
+    with pytest.raises(ValueError, match=f"^{key} must be a number of seconds .* at most 1e"):
+        Pool(FakeConnector(), FakeAdapter(), open=False, **{key: value})
+
+
+def test_a_checkout_ends_by_its_deadline_even_if_every_connection_is_unfit(make_pool):
+    # Every connection is past its lifetime by the time it is handed over.
+    pool, connector = make_pool(min_size=0, max_size=2, max_lifetime=1e-9)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.5)
+    assert time.monotonic() - started < 1.5
+    assert len(connector.made) > 1  # it did go on to new ones meanwhile
 
 
 def test_pool_as_context_manager_opens_and_closes():
@@ -875,3 +903,66 @@ def test_parked_time_is_not_usage_and_not_a_leak(make_pool, caplog):
     assert pool.get_stats()["leaks_detected"] == 0
     usage = pool.get_histograms()["usage"]
     assert usage.count == 2 and usage.total < 0.2
+
+
+# -- a waiter interrupted by an exception (a signal handler's) -----------------------
+
+
+class Interrupted(Exception):
+    """What a signal handler raises: Celery's soft time limit, a SIGALRM timeout."""
+
+
+@contextlib.contextmanager
+def alarm_raises(after: float) -> Iterator[None]:
+    """Raise Interrupted in the main thread ``after`` seconds from now (a real SIGALRM)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("alarm")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, after)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_waiter_interrupted_by_a_signal_leaves_the_queue(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    held = pool.getconn()
+    with pytest.raises(Interrupted), alarm_raises(0.2):
+        pool.getconn(timeout=5)
+    assert pool.get_stats()["requests_waiting"] == 0
+    pool.putconn(held)
+    # The returned connection goes to the next request, not to the one that left.
+    assert pool.getconn(timeout=0.5) is held
+    assert pool.get_stats()["pool_in_use"] == 1
+
+
+def test_a_connection_handed_to_a_waiter_as_it_is_interrupted_is_not_lost(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    held = pool.getconn()
+    # Hand the connection over while the waiter is inside the pool, and have
+    # the exception arrive right then (the waiter wakes, and the signal handler
+    # runs before getconn returns).
+    returner = threading.Timer(0.2, pool.putconn, args=(held,))
+    original = pool._wait_ready
+
+    def wait_then_interrupt(*args: Any) -> bool:
+        served = original(*args)
+        os.kill(os.getpid(), signal.SIGALRM)  # handled at the next bytecode
+        time.sleep(0.05)
+        return served
+
+    pool._wait_ready = wait_then_interrupt  # type: ignore[method-assign]
+    returner.start()
+    with pytest.raises(Interrupted), alarm_raises(60):
+        pool.getconn(timeout=5)
+    returner.join()
+    del pool._wait_ready
+    stats = pool.get_stats()
+    assert stats["pool_in_use"] == 0 and stats["pool_available"] == 1, stats
+    assert pool.getconn(timeout=0.5) is held

@@ -1,7 +1,9 @@
 """PostgreSQL-only faults, with psycopg 3 and with psycopg2: the server
-restarted under load, and the server at max_connections.
+restarted under load or down for a while, and the server at max_connections.
 
-The behaviours every driver shares are in test_pool_servers.py.
+Tests that restart or stop a server use the session's private one
+(``private_pg``, embedded), never the one PGHOST names. The behaviours every
+driver shares are in test_pool_servers.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 from django_pool import Pool, PoolTimeout
 from tests.drivers import POSTGRES_DRIVERS, Driver
+from tests.conftest import TEST_DATABASE
 
 pytestmark = pytest.mark.postgres
 
@@ -22,6 +25,11 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(params=POSTGRES_DRIVERS, ids=lambda d: d.name)
 def driver(request: pytest.FixtureRequest) -> Driver:
     return request.param
+
+
+@pytest.fixture
+def private_conninfo(private_pg) -> str:
+    return private_pg.conninfo(TEST_DATABASE)
 
 
 @pytest.fixture
@@ -50,8 +58,8 @@ def terminate(pg_server, session_id: int) -> None:
         time.sleep(0.01)
 
 
-def test_server_restart_under_load(make_pool, driver, pg_server):
-    pool = make_pool(min_size=4, validate_after=60, timeout=30)
+def test_server_restart_under_load(make_pool, driver, private_pg, private_conninfo):
+    pool = make_pool(private_conninfo, min_size=4, validate_after=60, timeout=30)
     pool.wait()
     stop = threading.Event()
     failures: list[str] = []
@@ -73,7 +81,7 @@ def test_server_restart_under_load(make_pool, driver, pg_server):
     for thread in threads:
         thread.start()
     time.sleep(0.3)
-    pg_server.restart()
+    private_pg.restart()
     restarted.set()
     time.sleep(2.0)
     failures_before_settled = len(failures)
@@ -111,3 +119,50 @@ def test_server_at_max_connections_reports_the_cause_and_recovers(make_pool, dri
     # Slots free again: the pool recovers within its back-off.
     with pool.connection(timeout=15) as conn:
         assert driver.query(conn, "SELECT 1") == [(1,)]
+
+
+def test_a_connection_lent_across_a_restart_is_checked_before_it_is_lent_again(
+    make_pool, driver, private_pg, private_conninfo
+):
+    pool = make_pool(private_conninfo, min_size=2, max_size=2, validate_after=60)
+    pool.wait()
+    across = pool.getconn()  # lent while the server restarts, never used
+    private_pg.restart()
+    first = pool.getconn()
+    with pytest.raises(Exception):  # the other one, idle across the restart
+        driver.query(first, "SELECT 1")
+    pool.putconn(first)  # broken: the pool has now seen a disconnect
+    pool.putconn(across)  # returned without an error, but dead all the same
+    for _ in range(2):  # whichever is lent now works
+        conn = pool.getconn(timeout=10)
+        try:
+            assert driver.query(conn, "SELECT 1") == [(1,)]
+        finally:
+            pool.putconn(conn)
+
+
+def test_waiting_requests_are_served_within_a_second_of_the_server_coming_back(
+    make_pool, driver, private_pg, private_conninfo
+):
+    pool = make_pool(private_conninfo, min_size=1, max_size=2, timeout=30)
+    pool.wait()
+    served_at: list[float] = []
+
+    def request() -> None:
+        with pool.connection() as conn:
+            driver.query(conn, "SELECT 1")
+        served_at.append(time.monotonic())
+
+    with private_pg.outage():
+        pool.drain()  # the open connections are gone with the server
+        # Long enough for the back-off to grow well past a second.
+        threads = [threading.Thread(target=request) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(8)
+        assert not served_at
+    back_at = time.monotonic()
+    for thread in threads:
+        thread.join(30)
+    assert len(served_at) == 3
+    assert max(served_at) - back_at < 1.5, f"served {max(served_at) - back_at:.2f} s after"

@@ -68,6 +68,14 @@ _OWNER_CHECK_INTERVAL = 1.0
 # ordinary idle one; never longer than validate_after.
 _PARK_LIMIT = 1.0
 
+# The largest time option accepted, in seconds (over three years): beyond it
+# deadlines lose precision or overflow what the thread waits accept.
+_MAX_SECONDS = 1e8
+# While requests wait for a connection the server refused, the next attempt
+# comes at most this long after the last one, whatever the back-off says: the
+# server being back is noticed within it.
+_RETRY_WHILE_WAITING = 0.5
+
 _pool_numbers = iter(range(1, 1 << 62))
 
 
@@ -229,7 +237,6 @@ class Pool:
         """(Re)set everything that belongs to one process's life of the pool."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # sizes changed or pool closed
-        self._closing = threading.Event()  # interrupts connectors' back-off sleeps
         self._idle: deque[_Slot] = deque()
         self._lent: dict[int, _Slot] = {}
         self._parked: dict[int, _Slot] = {}
@@ -253,6 +260,7 @@ class Pool:
         self._failures = 0
         self._failing_since = 0.0
         self._retry_at = 0.0
+        self._failed_at = 0.0
         self._failures_total = 0
         self._last_error: str | None = None
         self._gave_up = False
@@ -348,52 +356,77 @@ class Pool:
         timeout: float | None,
         owner: threading.Thread | None,
     ) -> Any:
-        """The rest of :meth:`getconn`: ``slot`` needs a check, or nothing was idle (None)."""
+        """The rest of :meth:`getconn`: ``slot`` needs a check, or nothing was idle (None).
+
+        Ends by the deadline even when every connection it is handed is unfit
+        (each is dropped and replaced). An exception that interrupts it (a
+        signal handler's, ``KeyboardInterrupt``) loses nothing: a slot in hand
+        is given back (closed if it was being pinged), a queued request leaves
+        the queue.
+        """
         deadline = start + (self.timeout if timeout is None else timeout)
         queued = 0  # a request is counted as queued once, however often it waits
         # The wait recorded for the slot in hand, taken back if it is unfit. A
         # request served at once records nothing: get_histograms() counts those.
         recorded = None
-        while True:
-            if slot is None:
-                with self._lock:
-                    if self._idle or self._parked:
-                        if self._idle:
-                            slot = self._idle.pop()
-                            self._lent[id(slot.conn)] = slot
-                        else:  # parked by another borrower, who will borrow again
-                            slot = self._parked.popitem()[1]
-                        slot.lent_at = start
-                        recorded = monotonic() - start
-                        self._wait_histogram.observe(recorded)
-                        waiter = None
+        pinging = False
+        try:
+            while True:
+                if slot is None:
+                    with self._lock:
+                        if self._idle or self._parked:
+                            if self._idle:
+                                slot = self._idle.pop()
+                                self._lent[id(slot.conn)] = slot
+                            else:  # parked by another borrower, who will borrow again
+                                slot = self._parked.popitem()[1]
+                            slot.lent_at = start
+                            recorded = monotonic() - start
+                            self._wait_histogram.observe(recorded)
+                            waiter = None
+                        else:
+                            waiter = self._enqueue_locked(start, 1 - queued)
+                            queued = 1
+                    if waiter is not None:
+                        slot = self._wait_for(waiter, deadline, start)
+                        recorded = slot.lent_at - start  # as _hand_over_locked recorded it
+                assert slot is not None
+                now = monotonic()
+                if now < slot.expires_at and slot.generation == self._generation:
+                    last_ok = slot.last_ok
+                    if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
+                        return self._lend(slot, owner)
+                    pinging = True
+                    try:
+                        self._adapter_of(slot.conn).ping(slot.conn)
+                    except Exception as exc:
+                        logger.info(
+                            "pool %r: discarding a connection that failed its check: %s",
+                            self.name,
+                            self._redact(str(exc)),
+                        )
+                        self._drop_lent(slot, lost=True, recorded=recorded)
                     else:
-                        waiter = self._enqueue_locked(start, 1 - queued)
-                        queued = 1
-                if waiter is not None:
-                    slot = self._wait_for(waiter, deadline)
-                    recorded = slot.lent_at - start  # as _hand_over_locked recorded it
-            assert slot is not None
-            now = monotonic()
-            if now < slot.expires_at and slot.generation == self._generation:
-                last_ok = slot.last_ok
-                if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
-                    return self._lend(slot, owner)
-                try:
-                    self._adapter_of(slot.conn).ping(slot.conn)
-                except Exception as exc:
-                    logger.info(
-                        "pool %r: discarding a connection that failed its check: %s",
-                        self.name,
-                        self._redact(str(exc)),
-                    )
-                    self._drop_lent(slot, lost=True, recorded=recorded)
+                        slot.last_ok = monotonic()
+                        return self._lend(slot, owner)
+                    pinging = False
                 else:
-                    slot.last_ok = monotonic()
-                    return self._lend(slot, owner)
-            else:
-                self._drop_lent(slot, lost=False, recorded=recorded)
-            slot = recorded = None
+                    self._drop_lent(slot, lost=False, recorded=recorded)
+                slot = recorded = None
+                if monotonic() >= deadline:  # every one it was handed was unfit
+                    self._time_out(start)
+        except BaseException:
+            if slot is not None:
+                if pinging:  # half a round trip on it: never lend it again
+                    self._drop_lent(slot, lost=False, recorded=recorded)
+                else:
+                    self.putconn(slot.conn)
+            raise
+
+    def _time_out(self, start: float) -> None:
+        with self._lock:
+            self._requests_errors += 1
+            raise PoolTimeout(self._timeout_message_locked(monotonic() - start))
 
     def _lend(self, slot: _Slot, owner: threading.Thread | None) -> Any:
         """The end of _getconn_checked: the checked slot goes to its borrower."""
@@ -418,6 +451,8 @@ class Pool:
         waiter = _Waiter(start)
         self._waiters.append(waiter)
         self._requests_queued += requests
+        if self._failures:
+            self._changed.notify_all()  # a connector in its back-off retries sooner
         spawn = self._connectors_to_start_locked()
         start_maintenance = not self._maintenance_running
         self._maintenance_running = True
@@ -430,7 +465,32 @@ class Pool:
                 self._lock.acquire()
         return waiter
 
-    def _wait_for(self, waiter: _Waiter, deadline: float) -> _Slot:
+    def _wait_for(self, waiter: _Waiter, deadline: float, start: float) -> _Slot:
+        try:
+            got = self._wait_ready(waiter, deadline)
+        except BaseException:
+            # Interrupted while queued: leave the queue, or give back what was
+            # handed over meanwhile, so nothing goes to a waiter that has left.
+            with self._lock:
+                served = waiter.slot
+                if served is None and waiter.error is None:
+                    self._waiters.remove(waiter)
+            if served is not None:
+                self.putconn(served.conn)
+            raise
+        if not got:
+            with self._lock:
+                if waiter.slot is None and waiter.error is None:
+                    self._waiters.remove(waiter)
+                    self._requests_errors += 1
+                    raise PoolTimeout(self._timeout_message_locked(monotonic() - start))
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.slot is not None
+        return waiter.slot
+
+    def _wait_ready(self, waiter: _Waiter, deadline: float) -> bool:
+        """Block until ``waiter`` is served or the deadline passes; True if served."""
         # Growth is throttled by an estimate (see _connectors_wanted_locked). If
         # nothing came within about one connect time, the estimate was wrong:
         # wake once, ask again without it, then wait out the deadline.
@@ -441,16 +501,7 @@ class Pool:
                 spawn = self._connectors_to_start_locked() if waiter.slot is None else 0
             self._start_threads(spawn, False)
             got = waiter.ready.acquire(timeout=max(0.0, deadline - monotonic()))
-        if not got:
-            with self._lock:
-                if waiter.slot is None and waiter.error is None:
-                    self._waiters.remove(waiter)
-                    self._requests_errors += 1
-                    raise PoolTimeout(self._timeout_message_locked(monotonic() - waiter.since))
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.slot is not None
-        return waiter.slot
+        return got
 
     def _timeout_message_locked(self, waited: float) -> str:
         message = (
@@ -504,7 +555,11 @@ class Pool:
                 and self._nconns <= self.max_size
                 and not self._closed
             ):
-                slot.last_ok = now
+                if slot.lent_at >= self._distrust_before:
+                    slot.last_ok = now
+                # else lent before a disconnect the pool has seen: returned
+                # without an error proves nothing, so it is checked as an idle
+                # connection from before that moment would be.
                 if self._waiters:
                     # Usage steers growth only while requests queue: sampled then.
                     self._usage_avg = _ewma(self._usage_avg, usage)
@@ -570,6 +625,7 @@ class Pool:
                     and self._nconns <= self.max_size
                     and not self._closed
                     and self._park_limit > 0
+                    and slot.lent_at >= self._distrust_before  # else checked (see putconn)
                 ):
                     slot.owner = None
                     self._count_usage_locked(slot, now)
@@ -750,12 +806,12 @@ class Pool:
         holds at every instant.
         """
         while True:
-            delay = self._retry_at - monotonic()
-            if delay > 0:
-                self._closing.wait(delay)
-                opened = None
-            else:
-                opened = self._connect_once()
+            with self._changed:
+                delay = self._retry_delay_locked()
+                if delay > 0:
+                    # Woken early by close() and by a request that queues.
+                    self._changed.wait(delay)
+            opened = None if delay > 0 else self._connect_once()
             discard = None
             with self._lock:
                 self._connecting -= 1
@@ -786,6 +842,18 @@ class Pool:
                 self._close_quietly(discard)
             if done:
                 return
+
+    def _retry_delay_locked(self) -> float:
+        """Seconds until the next connect attempt may start (the back-off after failures).
+
+        The back-off grows to spare a server that is down; while requests
+        wait, an attempt is made at least every ``_RETRY_WHILE_WAITING``, so
+        they are served as soon as it is back.
+        """
+        retry_at = self._retry_at
+        if self._waiters:
+            retry_at = min(retry_at, self._failed_at + _RETRY_WHILE_WAITING)
+        return retry_at - monotonic()
 
     def _connect_once(self) -> tuple[_Slot, float] | None:
         """One attempt: the new slot and how long it took, or None on failure."""
@@ -821,6 +889,7 @@ class Pool:
                 self._failures += 1
                 delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
                 self._retry_at = now + delay * random.uniform(0.5, 1.5)
+            self._failed_at = now
             self._last_error = cause
             gave_up = not self._gave_up and now - self._failing_since >= self.reconnect_timeout
             self._gave_up = self._gave_up or gave_up
@@ -1045,7 +1114,6 @@ class Pool:
             if self._closed:
                 return
             self._closed = True
-            self._closing.set()
             idle = self._take_idle_locked()
             for waiter in self._waiters:
                 waiter.error = PoolClosed(f"pool {self.name!r} was closed while waiting")
@@ -1247,10 +1315,18 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_number(name: str, value: object, minimum: float, strict: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        # Also refuses NaN and infinities, and compares ints too large for a float.
+        and -_MAX_SECONDS <= value <= _MAX_SECONDS
+    )
     if not ok or value < minimum or (strict and value == minimum):  # type: ignore[operator]
         relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a number {relation} {minimum}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a number of seconds {relation} {minimum} and at most "
+            f"{_MAX_SECONDS:.0e}, got {value!r}"
+        )
 
 
 def _check_sizes(min_size: object, max_size: object) -> None:

@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -164,6 +164,8 @@ class _EmbeddedCluster:
     run_as: str | None
     owner_pid: int
     stopped: bool = False
+    # pg_ctl's -o: where it listens and the settings (see start()).
+    options: str = ""
 
     @property
     def log_file(self) -> Path:
@@ -188,6 +190,26 @@ class _EmbeddedCluster:
                 f"{result.stdout}{result.stderr}{self.log_tail()}"
             )
         return result.stdout
+
+    def start(self) -> None:
+        """Start the server with ``options`` (it must be down) and wait until it runs."""
+        self.run(
+            "pg_ctl",
+            "-D",
+            str(self.pgdata),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.log_file),
+            "-o",
+            self.options,
+            "start",
+        )
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data, to start it again later."""
+        self.run("pg_ctl", "-D", str(self.pgdata), "-w", "-t", "30", "-m", "fast", "stop")
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of the server log, to explain a failed start or restart."""
@@ -292,46 +314,50 @@ class PostgresServer:
             self.execute(f"CREATE DATABASE {_quote_pg_identifier(name)}")
 
     def restart(self) -> None:
-        """Restart the server and wait until it accepts connections again.
+        """Restart an embedded server and wait until it accepts connections again.
 
         Tests use this to check that pooled connections broken by a restart
-        are noticed and replaced. An external server can only be restarted when
-        it runs on this machine under Debian's ``pg_ctlcluster``; an embedded
-        one is restarted with its own ``pg_ctl``.
+        are noticed and replaced. Only a server this process started can be
+        restarted: the one PGHOST names may be somebody's own database, with
+        other work using it.
         """
-        if self._cluster is not None:
-            if self._cluster.stopped:
-                raise ServerUnavailable("this embedded PostgreSQL server has been stopped")
-            self._cluster.run(
-                "pg_ctl",
-                "-D",
-                str(self._cluster.pgdata),
-                "-w",
-                "-t",
-                "60",
-                "-m",
-                "fast",
-                "-l",
-                str(self._cluster.log_file),
-                "restart",
-            )
-        else:
-            version, name = self._debian_cluster()
-            command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name, "restart"]
-            result = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=RESTART_TIMEOUT,
-                check=False,
-            )
-            if result.returncode != 0:
-                raise ServerUnavailable(
-                    f"{' '.join(command)} failed with exit code {result.returncode}:\n"
-                    f"{result.stdout}{result.stderr}"
-                )
+        cluster = self._own_cluster("restart")
+        cluster.run(
+            "pg_ctl",
+            "-D",
+            str(cluster.pgdata),
+            "-w",
+            "-t",
+            "60",
+            "-m",
+            "fast",
+            "-l",
+            str(cluster.log_file),
+            "restart",
+        )
         self._wait_until_ready(RESTART_TIMEOUT)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """Stop an embedded server for the ``with`` block, then start it again on its port."""
+        cluster = self._own_cluster("stop")
+        cluster.halt()
+        try:
+            yield
+        finally:
+            cluster.start()
+            self._wait_until_ready(RESTART_TIMEOUT)
+
+    def _own_cluster(self, action: str) -> _EmbeddedCluster:
+        if self._cluster is None:
+            raise ServerUnavailable(
+                f"refusing to {action} the external PostgreSQL at {self.host}:{self.port}: "
+                "only an embedded server started by this process can be restarted or "
+                "stopped (start one with start_embedded_postgres())"
+            )
+        if self._cluster.stopped:
+            raise ServerUnavailable("this embedded PostgreSQL server has been stopped")
+        return self._cluster
 
     def stop(self) -> None:
         """Stop an embedded server now instead of at exit, and delete its data.
@@ -339,41 +365,9 @@ class PostgresServer:
         An external server is not ours to stop, so that raises.
         """
         if self._cluster is None:
-            raise ServerUnavailable(
-                f"refusing to stop the external PostgreSQL at {self.host}:{self.port}: "
-                "only an embedded server started by this process can be stopped"
-            )
-        self._cluster.stop()
-
-    def _debian_cluster(self) -> tuple[str, str]:
-        """Find the (version, name) of the local Debian cluster on our port."""
-        if not (self.host in _LOCAL_HOSTS or self.host.startswith("/")):
-            raise ServerUnavailable(
-                f"cannot restart PostgreSQL at {self.host}:{self.port}: it is not on this "
-                "machine (restart works for local Debian clusters and embedded servers)"
-            )
-        if shutil.which("pg_ctlcluster") is None or shutil.which("pg_lsclusters") is None:
-            raise ServerUnavailable(
-                f"cannot restart PostgreSQL at {self.host}:{self.port}: pg_ctlcluster "
-                "(Debian's postgresql-common) is not installed; restart it by hand or "
-                "unset PGHOST/PGPORT to use an embedded server"
-            )
-        listing = subprocess.run(
-            ["pg_lsclusters", "--no-header"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
-        for line in listing.splitlines():
-            cols = line.split()
-            if len(cols) >= 3 and cols[2] == str(self.port):
-                return cols[0], cols[1]
-        raise ServerUnavailable(
-            f"cannot restart PostgreSQL at {self.host}:{self.port}: "
-            f"pg_lsclusters lists no cluster on port {self.port}"
-        )
+            self._own_cluster("stop")  # raises
+        else:
+            self._cluster.stop()
 
     def _wait_until_ready(self, timeout: float) -> None:
         """Poll with real connections until the server answers ``SELECT 1``."""
@@ -572,20 +566,9 @@ def start_embedded_postgres() -> PostgresServer:
             port = _free_port()
             options = [f"-h 127.0.0.1 -p {port} -k {shlex.quote(str(pgdata))}"]
             options += [f"-c {setting}" for setting in _EMBEDDED_SETTINGS]
+            cluster.options = " ".join(options)
             try:
-                cluster.run(
-                    "pg_ctl",
-                    "-D",
-                    str(pgdata),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-l",
-                    str(cluster.log_file),
-                    "-o",
-                    " ".join(options),
-                    "start",
-                )
+                cluster.start()
             except ServerUnavailable as exc:
                 # Another process may have taken the port between our check and
                 # the server's bind; try a different one.
