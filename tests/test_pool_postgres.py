@@ -13,13 +13,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
+import psycopg2
 import pytest
 
 from django_pool import Pool, PoolTimeout
-from tests.drivers import POSTGRES_DRIVERS, Driver
 from tests.conftest import TEST_DATABASE
+from tests.drivers import POSTGRES_DRIVERS, Driver
 
 pytestmark = pytest.mark.postgres
+
+DISCONNECTED = (psycopg.OperationalError, psycopg2.OperationalError)
 
 
 @pytest.fixture(params=POSTGRES_DRIVERS, ids=lambda d: d.name)
@@ -129,7 +133,7 @@ def test_a_connection_lent_across_a_restart_is_checked_before_it_is_lent_again(
     across = pool.getconn()  # lent while the server restarts, never used
     private_pg.restart()
     first = pool.getconn()
-    with pytest.raises(Exception):  # the other one, idle across the restart
+    with pytest.raises(DISCONNECTED):  # idle across the restart
         driver.query(first, "SELECT 1")
     pool.putconn(first)  # broken: the pool has now seen a disconnect
     pool.putconn(across)  # returned without an error, but dead all the same

@@ -170,9 +170,8 @@ def test_embedded_fallback_starts_restarts_and_stops(
         with psycopg.connect(server.url()) as conn:
             after = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
         assert before is not None and after is not None and after[0] > before[0]
-        with server.outage():
-            with pytest.raises(psycopg.OperationalError):
-                psycopg.connect(server.conninfo(), connect_timeout=2)
+        with server.outage(), pytest.raises(psycopg.OperationalError):
+            psycopg.connect(server.conninfo(), connect_timeout=2)
         assert server.execute("SELECT 1") == [(1,)]  # back, on the same port
     finally:
         server.stop()
