@@ -188,3 +188,14 @@ def test_no_password_in_the_pools_reprs_or_stats():
         shown = [repr(entry), repr(entry.pool), str(get_stats("secret"))]
         assert all(SECRET not in text for text in shown)
         assert entry.key["PASSWORD"] == SECRET  # it is there, only never shown
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10**400])
+@pytest.mark.parametrize("key", ["timeout", "max_lifetime", "leak_threshold"])
+def test_system_check_refuses_absurd_times(key, value):
+    bad = {**settings.DATABASES["default"], "OPTIONS": {"pool": {key: value}}}
+    with override_settings(DATABASES={**settings.DATABASES, "bad": bad}):
+        messages = [m for m in checks.run_checks() if m.id == "django_pool.E001"]
+    assert len(messages) == 1
+    assert f"DATABASES['bad']['OPTIONS']['pool']: {key} must be a number" in messages[0].msg

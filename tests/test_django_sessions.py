@@ -96,6 +96,16 @@ PG_STATE = {
         "DECLARE leak CURSOR WITH HOLD FOR SELECT 1",
         "SELECT count(*) FROM pg_cursors",
     ),
+    # Hidden from a naive scan: behind comments, inside code the server runs.
+    "role behind a comment": ("/* request 42 */ SET ROLE pg_monitor", "SELECT current_user"),
+    "search_path after a line comment": (
+        "-- note\nSET search_path TO pg_catalog",
+        "SHOW search_path",
+    ),
+    "search_path in a DO block": (
+        "DO $$BEGIN EXECUTE 'SET search_path TO pg_catalog'; END$$",
+        "SHOW search_path",
+    ),
 }
 
 
@@ -110,6 +120,27 @@ def test_postgresql_session_state_is_gone_at_the_next_checkout(kind):
         assert checkout(wrapper, show) == before
         assert session_id(wrapper) == session  # cleaned in place, not replaced
         assert get_stats("default-proxied")["sessions_reset"] == 1
+
+
+def test_a_setting_changed_where_no_statement_shows_it_is_reset():
+    """A function's SET: nothing in ``SELECT f()`` says so, but the server reports
+    the new value (ParameterStatus), and the return compares it."""
+    with proxied("default") as (wrapper, _):
+        before = checkout(wrapper, "SHOW TimeZone")
+        # Made in a checkout of its own: its text names set_config.
+        checkout(
+            wrapper,
+            "CREATE OR REPLACE FUNCTION django_pool_set_zone() RETURNS void "
+            "LANGUAGE plpgsql AS $$BEGIN "
+            "PERFORM pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false); END$$",
+        )
+        resets = get_stats("default-proxied")["sessions_reset"]
+        try:
+            assert checkout(wrapper, "SELECT django_pool_set_zone()", "SHOW TimeZone") != before
+            assert checkout(wrapper, "SHOW TimeZone") == before
+            assert get_stats("default-proxied")["sessions_reset"] > resets
+        finally:
+            checkout(wrapper, "DROP FUNCTION IF EXISTS django_pool_set_zone()")
 
 
 def test_a_statement_seen_before_is_detected_again():

@@ -39,6 +39,19 @@ POSTGRESQL = [
     ("SELECT 1; SET search_path = a", C.SETTINGS),
     ("LISTEN a; CREATE TEMP TABLE t (a int)", C.LISTEN | C.TEMP),
     (b"SET x = 1", C.OTHER),
+    # Comments hide nothing, wherever they are.
+    ("/* request 42 */ SET ROLE other", C.SETTINGS),
+    ("-- note\nSET search_path TO y", C.SETTINGS),
+    ("SELECT 1 /* a; b */; SET ROLE other", C.SETTINGS),
+    ("/* a */ /* b */\n-- c\n  set role other", C.SETTINGS),
+    ("SELECT '--'; SET ROLE other", C.SETTINGS),
+    ("SELECT '/* not a comment'; LISTEN a", C.LISTEN),
+    ("SELECT 1 -- SET ROLE other", C.NONE),  # commented out: not run
+    ("SELECT '-- SET ROLE x' /* ; SET ROLE y */", C.NONE),
+    # Code the server runs: its effect cannot be read off the text.
+    ("DO $$BEGIN EXECUTE 'SET search_path TO y'; END$$", C.OTHER),
+    ("/* x */ DO $$BEGIN PERFORM 1; END$$", C.OTHER),
+    ("CALL refresh_all()", C.OTHER),
 ]
 MYSQL = [
     ("SELECT 1", C.NONE),
@@ -54,6 +67,9 @@ MYSQL = [
     ("LOCK TABLES t READ", C.OTHER),
     ("SET FOREIGN_KEY_CHECKS = 0", C.CONSTRAINT_CHECKS),
     ("SET foreign_key_checks=0; SET foreign_key_checks=1", C.NONE),
+    ("/* request 42 */ SET @x = 1", C.SETTINGS),
+    ("-- note\nSET NAMES latin1", C.SETTINGS),
+    ("CALL do_things()", C.OTHER),
 ]
 
 

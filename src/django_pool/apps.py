@@ -15,7 +15,9 @@ class DjangoPoolConfig(AppConfig):  # type: ignore[misc]
 
     def ready(self) -> None:
         from .backends.checks import check_pool_settings, check_server_capacity
+        from .contrib.views import check_stats_token
 
         checks.register(check_pool_settings)
+        checks.register(check_stats_token)
         # Database checks run only for ``check --database ALIAS``: they connect.
         checks.register(check_server_capacity, checks.Tags.database)

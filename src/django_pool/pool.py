@@ -268,6 +268,9 @@ class Pool:
         self._connect_avg = 0.0
         self._usage_avg = 0.0
         self._inherited: dict[int, Any] = {}
+        # The server-reported settings of a connection as opened (see
+        # reported_settings_changed); None until one is opened, or if unknown.
+        self._reported_baseline: tuple[Any, ...] | None = None
         self._pid = os.getpid()
         # Never reset by pop_stats(): Prometheus expects them to only grow.
         self._wait_histogram = Histogram()
@@ -677,6 +680,18 @@ class Pool:
             position -= 1
         idle.insert(position, slot)
 
+    def reported_settings_changed(self, conn: Any) -> bool:
+        """True if lent ``conn``'s server-reported settings differ from a new connection's.
+
+        Time zone, date style, role (``is_superuser``, ``session_authorization``),
+        ``search_path`` on PostgreSQL 18+, ``application_name``: whatever
+        changed them, even code the server ran that no statement text shows.
+        No I/O; always False where the driver does not report them (MySQL).
+        """
+        baseline = self._reported_baseline
+        # Every lent connection was opened by a connector, which set the adapter.
+        return baseline is not None and self._adapter.reported_settings(conn) != baseline  # type: ignore[union-attr]
+
     def in_transaction(self, conn: Any) -> bool:
         """True if the driver reports a transaction open on lent ``conn`` (no I/O)."""
         # Every lent connection was opened by a connector, which set the adapter.
@@ -866,6 +881,8 @@ class Pool:
                 self._adapter = adapter_for(conn)
             if self._configure is not None:
                 self._configure(conn)
+            if self._reported_baseline is None:
+                self._reported_baseline = self._adapter.reported_settings(conn)
         except Exception as exc:
             if conn is not None:
                 self._close_quietly(conn)

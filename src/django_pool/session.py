@@ -13,9 +13,14 @@ anchored match, about a microsecond per statement, and its result is kept
 per statement text (the ORM sends the same few texts over and over), so a
 statement seen before costs one dict lookup. It errs on the side of
 resetting: a word like ``temp`` or ``set_config`` inside a string literal
-costs one unneeded reset, never a leak. Changes made without going through
-the scanned path (on the raw driver connection) are not seen; the
-``"always"`` mode covers them.
+costs one unneeded reset, never a leak. Comments are no hiding place: a
+statement with one is scanned with its comments removed. A statement whose
+effect cannot be known from its text (a ``DO`` block, a ``CALL``) counts as
+changing anything. Changes made without going through the scanned path (on
+the raw driver connection) or inside a function a query calls are not seen
+by the scan; on PostgreSQL the settings the server reports back on its own
+(time zone, role, date style...) are compared on return as well (see
+``Pool.reported_settings_changed``), and the ``"always"`` mode covers the rest.
 """
 
 from __future__ import annotations
@@ -57,6 +62,16 @@ _TRANSACTION_ENDS = frozenset({"COMMIT", "ROLLBACK", "END", "ABORT"})
 _TO_SAVEPOINT = re.compile(r"\s+(?:WORK\s+|TRANSACTION\s+)?TO\b", re.IGNORECASE)
 _SETTINGS = int(Change.SETTINGS)
 _ALL = int(Change.ALL)
+# Comments, and the string literals and quoted names a comment marker may sit
+# in (kept as they are). Removed before a statement with a marker is scanned.
+_COMMENT_OR_QUOTED = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|/\*.*?(?:\*/|$)|--[^\n]*""", re.DOTALL
+)
+
+
+def _without_comments(sql: str) -> str:
+    return _COMMENT_OR_QUOTED.sub(lambda m: m[0] if m[0][0] in "'\"" else " ", sql)
+
 
 # Statements remembered per dialect (Dialect.known), and the longest remembered:
 # at most about 2 MB of text, and a full memo simply starts again.
@@ -121,6 +136,8 @@ class Dialect:
     def _scan(self, state: int, sql: str) -> int:
         # Plain string operations first: a case-insensitive regex costs more
         # than the rest of the pool's work on a request.
+        if "--" in sql or "/*" in sql:
+            sql = _without_comments(sql)
         if ";" in sql:
             for statement in sql.split(";"):
                 state = self._after_statement(state, statement)
@@ -170,6 +187,9 @@ class PostgreSQL(Dialect):
         ("PREPARE", Change.PREPARED),
         ("DECLARE", Change.CURSORS),
         ("LOAD", Change.OTHER),
+        # Code run by the server: what it changes cannot be read off the text.
+        ("DO", Change.OTHER),
+        ("CALL", Change.OTHER),
     )
     # In autocommit mode Django declares them WITH HOLD: they outlive the query.
     chunked_cursor_change = Change.CURSORS
@@ -230,6 +250,7 @@ class MySQL(Dialect):
         ("USE", Change.SETTINGS),
         ("PREPARE", Change.PREPARED),
         ("LOCK", Change.OTHER),  # LOCK TABLES lasts until UNLOCK or the session ends
+        ("CALL", Change.OTHER),  # a stored procedure: anything
     )
     # SET TRANSACTION without SESSION/GLOBAL applies to the next transaction only.
     transaction_scoped_set = re.compile(r"\s*SET\s+TRANSACTION\b", re.IGNORECASE)

@@ -13,6 +13,18 @@ from typing import Any
 
 #: The connection is usable and no transaction is open: it can go back as is.
 IDLE = 0
+#: Settings the server reports to the client by itself (PostgreSQL's
+#: ParameterStatus messages) that a borrower may change, however it did it.
+REPORTED_SETTINGS = (
+    "TimeZone",
+    "DateStyle",
+    "IntervalStyle",
+    "is_superuser",
+    "session_authorization",
+    "search_path",  # reported by PostgreSQL 18 and later
+    "application_name",
+)
+
 #: A transaction (possibly failed) is open: roll back before lending it again.
 IN_TRANSACTION = 1
 #: The connection is closed or known to be broken: it must be discarded.
@@ -60,6 +72,15 @@ class Adapter:
     def is_disconnect(self, exc: BaseException) -> bool:
         """True when ``exc`` means the connection itself is gone (not a SQL error)."""
         return False
+
+    def reported_settings(self, conn: Any) -> tuple[Any, ...] | None:
+        """The current values of :data:`REPORTED_SETTINGS`, without I/O; None if unknown.
+
+        The server sends them when they change, whatever changed them (a
+        ``SET`` in a function, a ``DO`` block): a second signal beside the
+        session scan, and a free one.
+        """
+        return None
 
     def fileno(self, conn: Any) -> int | None:
         """The connection's socket descriptor, or None when it cannot be known.

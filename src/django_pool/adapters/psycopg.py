@@ -7,11 +7,19 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from .base import BROKEN, IDLE, IN_TRANSACTION, Adapter, is_pg_disconnect_code
+from .base import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    REPORTED_SETTINGS,
+    Adapter,
+    is_pg_disconnect_code,
+)
 
 _IDLE = int(pq.TransactionStatus.IDLE)
 _OPEN_TRANSACTION = frozenset({pq.TransactionStatus.INTRANS, pq.TransactionStatus.INERROR})
 _BAD = pq.ConnStatus.BAD
+_REPORTED = tuple(name.encode() for name in REPORTED_SETTINGS)
 
 
 class PsycopgAdapter(Adapter):
@@ -39,6 +47,10 @@ class PsycopgAdapter(Adapter):
         if pgconn.status == _BAD or result.status == pq.ExecStatus.FATAL_ERROR:
             message = (result.error_message or pgconn.error_message).decode(errors="replace")
             raise psycopg.OperationalError(message.strip() or "connection is broken")
+
+    def reported_settings(self, conn: Any) -> tuple[Any, ...]:
+        status = conn.pgconn.parameter_status
+        return tuple(status(name) for name in _REPORTED)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.OperationalError) and is_pg_disconnect_code(exc.sqlstate)

@@ -7,7 +7,14 @@ from typing import Any
 import psycopg2
 from psycopg2 import extensions
 
-from .base import BROKEN, IDLE, IN_TRANSACTION, Adapter, is_pg_disconnect_code
+from .base import (
+    BROKEN,
+    IDLE,
+    IN_TRANSACTION,
+    REPORTED_SETTINGS,
+    Adapter,
+    is_pg_disconnect_code,
+)
 
 _IDLE = extensions.TRANSACTION_STATUS_IDLE
 _ACTIVE = extensions.TRANSACTION_STATUS_ACTIVE
@@ -33,6 +40,10 @@ class Psycopg2Adapter(Adapter):
             cursor.execute("SELECT 1")
         if was_idle and not conn.autocommit:
             conn.rollback()
+
+    def reported_settings(self, conn: Any) -> tuple[Any, ...]:
+        status = conn.get_parameter_status
+        return tuple(status(name) for name in REPORTED_SETTINGS)
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, psycopg2.InterfaceError):

@@ -52,6 +52,7 @@ from .release import TransactionRelease
 logger = logging.getLogger("django_pool")
 
 _TRANSACTION = int(Change.TRANSACTION)
+_SETTINGS = int(Change.SETTINGS)
 
 
 class PooledWrapperMixin(TransactionRelease):
@@ -329,6 +330,8 @@ class PooledWrapperMixin(TransactionRelease):
         discard = False
         if self._open_chunked:  # release="transaction": server-side cursors left open
             self._session_changes |= int(self._session_dialect.chunked_cursor_change)
+        if self._session_detect and entry.pool.reported_settings_changed(conn):
+            self._session_changes |= _SETTINGS  # changed where the scan could not see
         if (
             self.errors_occurred
             or self.autocommit != self.settings_dict["AUTOCOMMIT"]

@@ -30,8 +30,9 @@ closed and when autocommit is switched back on, which is how every
   (``.iterator()``) until it is exhausted or closed, a raw
   ``connection.cursor()`` until it is closed;
 * the session scan saw a change to the session (``SET``, temporary tables,
-  ``LISTEN``, advisory locks, ``PREPARE``...): the connection is then pinned
-  until the request ends, and cleaned as usual when it goes back;
+  ``LISTEN``, advisory locks, ``PREPARE``...), or the server reported a
+  changed setting (see ``Pool.reported_settings_changed``): the connection is
+  then pinned until the request ends, and cleaned as usual when it goes back;
 * ``CONN_MAX_AGE`` was changed in place (persistent, by request).
 
 ``transaction.on_commit`` callbacks run as Django runs them: after the
@@ -58,6 +59,8 @@ from typing import Any
 
 from django.core.signals import request_finished, request_started
 from django.db.backends.signals import connection_created
+
+from ..session import Change
 
 # ``active`` is True in a thread between request_started and request_finished:
 # Django sends both in the thread that serves the request (under ASGI, the
@@ -198,6 +201,11 @@ class TransactionRelease:
         ):
             return
         conn = self.connection
+        if entry.pool.reported_settings_changed(conn):
+            # Changed where the scan could not see (a function, a DO block):
+            # pinned as a change it saw would be, and reset at the end.
+            self._session_changes |= int(Change.SETTINGS)
+            return
         if self.errors_occurred:  # checked as any return is (see base._close)
             if not entry.pool.in_transaction(conn):
                 self._close()  # type: ignore[attr-defined]

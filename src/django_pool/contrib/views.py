@@ -8,16 +8,21 @@ engine removes it from ``last_connection_error``), and no settings are added.
 
 It is never open by default. A request is let in when either
 
-* the setting ``DJANGO_POOL_STATS_TOKEN`` is a non-empty string and the request
-  carries ``Authorization: Bearer <that token>`` (for a load balancer or a
+* the setting ``DJANGO_POOL_STATS_TOKEN`` is a string of at least
+  :data:`MIN_TOKEN_LENGTH` characters (surrounding whitespace, such as the
+  newline a token file ends with, is not part of it) and the request carries
+  ``Authorization: Bearer <that token>`` (for a load balancer or a
   monitoring job), or
 * ``request.user`` is authenticated, active and has the permission named by the
   setting ``DJANGO_POOL_STATS_PERMISSION`` (``"app_label.codename"``); without
   that setting, only superusers. Without ``django.contrib.auth`` and its
   middleware there is no ``request.user`` and the request counts as anonymous.
 
-Anything else gets 403 with a JSON ``error`` saying what is needed; methods
-other than GET and HEAD get 405. Responses are marked ``Cache-Control:
+Anything else gets 403 with a JSON ``error`` that says only that the stats
+are restricted: not which permission or whether a token is set up, which
+would tell an anonymous caller how to get in. Methods other than GET and
+HEAD get 405. A token too short to resist guessing is refused by the system
+check ``django_pool.E002`` (and by the view). Responses are marked ``Cache-Control:
 no-store`` (Django's ``never_cache``).
 """
 
@@ -29,6 +34,7 @@ import os
 from typing import Any
 
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -39,6 +45,13 @@ from ..backends.pools import get_stats
 __all__ = ["pool_stats"]
 
 TOKEN_SETTING = "DJANGO_POOL_STATS_TOKEN"
+#: The shortest token accepted: 16 random characters (``secrets.token_urlsafe()``
+#: makes 43).
+MIN_TOKEN_LENGTH = 16
+FORBIDDEN = (
+    "pool stats are restricted: see django-pool's monitoring guide for how to "
+    "allow a user or a monitoring job"
+)
 PERMISSION_SETTING = "DJANGO_POOL_STATS_PERMISSION"
 ALLOWED_METHODS = ("GET", "HEAD")
 
@@ -56,17 +69,35 @@ def pool_stats(request: HttpRequest) -> JsonResponse:
     token = _configured_token()
     permission = _configured_permission()
     if not (_token_matches(request, token) or _user_allowed(request, permission)):
-        return JsonResponse({"error": _forbidden_message(token, permission)}, status=403)
+        return JsonResponse({"error": FORBIDDEN}, status=403)
     return JsonResponse({"pid": os.getpid(), **get_stats()})
 
 
 def _configured_token() -> str | None:
+    """The token setting, stripped; None when unset or empty. Raises when unfit."""
     token = getattr(settings, TOKEN_SETTING, None)
-    if token is None or token == "":
+    if token is None:
         return None
     if not isinstance(token, str):
-        raise ImproperlyConfigured(f"{TOKEN_SETTING} must be a string, got {type(token)}")
-    return token
+        raise ImproperlyConfigured(f"{TOKEN_SETTING} must be a string, got {type(token).__name__}")
+    token = token.strip()
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        # The length only, never the value.
+        raise ImproperlyConfigured(
+            f"{TOKEN_SETTING} is {len(token)} characters long; use at least "
+            f"{MIN_TOKEN_LENGTH} random ones (python -c 'import secrets; "
+            "print(secrets.token_urlsafe())')"
+        )
+    return token or None
+
+
+def check_stats_token(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``django_pool.E002``: ``DJANGO_POOL_STATS_TOKEN``, when set, is a usable token."""
+    try:
+        _configured_token()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), obj=TOKEN_SETTING, id="django_pool.E002")]
+    return []
 
 
 def _configured_permission() -> str | None:
@@ -102,16 +133,3 @@ def _user_allowed(request: HttpRequest, permission: str | None) -> bool:
     if permission is None:
         return bool(getattr(user, "is_superuser", False))
     return bool(user.has_perm(permission))
-
-
-def _forbidden_message(token: str | None, permission: str | None) -> str:
-    who = f"a user with the permission {permission!r}" if permission else "a superuser"
-    if token is None:
-        return (
-            f"pool stats are restricted: log in as {who} "
-            f"(or set {TOKEN_SETTING} and send 'Authorization: Bearer <token>')"
-        )
-    return (
-        f"pool stats are restricted: send 'Authorization: Bearer <token>' with the "
-        f"token of the {TOKEN_SETTING} setting, or log in as {who}"
-    )
