@@ -402,3 +402,11 @@ def test_a_database_renamed_in_place_gets_a_new_pool():
     finally:
         wrapper.close()
         close_pools("renamed")
+
+
+def test_connections_the_pool_opens_have_a_connect_timeout_by_default():
+    from django_pool.backends.pools import DEFAULT_CONNECT_TIMEOUT
+
+    Item.objects.count()
+    conn = connections["default"].connection
+    assert conn.info.get_parameters()["connect_timeout"] == str(DEFAULT_CONNECT_TIMEOUT)

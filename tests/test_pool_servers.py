@@ -12,12 +12,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from django_pool import ConnectionFailed, Pool, PoolTimeout
 from tests.drivers import MYSQL_DRIVERS, POSTGRES_DRIVERS, Driver
+from tests.wire import WireCounter
 
 
 @dataclass
@@ -32,6 +33,11 @@ class Server:
     sleep_sql: str  # sleeps 10 ms
     # (params with one wrong setting, the server's words, a password they carry)
     wrong: list[tuple[Any, str, str]]
+    # A proxy's protocol and the server's address; params to connect through
+    # a proxy at (host, port) instead.
+    protocol: Literal["postgresql", "mysql"]
+    address: tuple[str, int]
+    through: Callable[[str, int], Any]
 
     def connect(self, autocommit: bool = True, params: Any = None) -> Any:
         return self.driver.connect(self.params if params is None else params, autocommit)
@@ -55,6 +61,9 @@ def _postgres(driver: Driver, request: pytest.FixtureRequest) -> Server:
         kill_sql="SELECT pg_terminate_backend({id})",
         sessions_sql="SELECT pid FROM pg_stat_activity",
         sleep_sql="SELECT pg_sleep(0.01)",
+        protocol="postgresql",
+        address=(pg_server.host, pg_server.port),
+        through=lambda host, port: f"{conninfo} host={host} port={port}",
         wrong=[
             (
                 f"{conninfo} dbname=dp_no_such_db password={secret}",
@@ -81,6 +90,9 @@ def _mysql(driver: Driver, request: pytest.FixtureRequest) -> Server:
         kill_sql="KILL {id}",
         sessions_sql="SELECT ID FROM information_schema.PROCESSLIST",
         sleep_sql="SELECT SLEEP(0.01)",
+        protocol="mysql",
+        address=(mysql_server.host, mysql_server.port),
+        through=lambda host, port: {**kwargs, "host": host, "port": port},
         wrong=[
             ({**kwargs, "database": "dp_no_such_db"}, "Unknown database 'dp_no_such_db'", ""),
             (
@@ -242,3 +254,51 @@ def test_stats_follow_real_traffic(make_pool, server):
     assert stats["usage_ms"] >= 20 * 10
     assert stats["pool_size"] == 2 and stats["pool_available"] == 2
     assert stats["connections_num"] == 2 and stats["connections_errors"] == 0
+
+
+@pytest.mark.timeout(60)  # a regression hangs in the driver: fail, don't hang the run
+def test_a_network_that_stops_passing_bytes_never_holds_a_checkout_past_its_timeout(
+    make_pool, server
+):
+    """The TCP connections stay open, nothing gets through: a proxy of the test's own."""
+    with WireCounter(server.protocol, *server.address) as proxy:
+        params = server.through(proxy.host, proxy.port)
+        # Every checkout pings: the ping is what would hang.
+        pool = make_pool(params=params, min_size=2, max_size=2, validate_after=0, timeout=3)
+        pool.wait()
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            pool.getconn()
+        waited = time.monotonic() - started
+        assert waited < 3 + 1, f"a checkout with timeout=3 took {waited:.1f} s"
+        assert pool.get_stats()["connections_lost"] >= 1  # the silent ones were dropped
+        proxy.resume()
+        conn = pool.getconn(timeout=10)  # new connections once bytes flow again
+        try:
+            assert server.driver.query(conn, "SELECT 1") == [(1,)]
+        finally:
+            pool.putconn(conn)
+
+
+@pytest.mark.mysql
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("driver", MYSQL_DRIVERS, ids=lambda d: d.name)
+def test_mysql_read_timeout_bounds_a_query_on_a_silent_network(
+    driver, mysql_server, mysql_connect_kwargs
+):
+    """A query on a connection already lent: bounded by the driver's read_timeout."""
+    with WireCounter("mysql", mysql_server.host, mysql_server.port) as proxy:
+        params = {**mysql_connect_kwargs, "host": proxy.host, "port": proxy.port}
+        pool = Pool(lambda: driver.connect({**params, "read_timeout": 2}, True), min_size=1)
+        try:
+            conn = pool.getconn(timeout=10)
+            proxy.stall()
+            started = time.monotonic()
+            with pytest.raises(Exception, match=r"(?i)lost connection|timed out|timeout"):
+                driver.query(conn, "SELECT 1")
+            assert time.monotonic() - started < 2 + 2
+            pool.putconn(conn)  # broken: discarded
+            proxy.resume()
+        finally:
+            pool.close(timeout=0)

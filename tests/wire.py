@@ -31,6 +31,11 @@ What is recorded, as :class:`Statement` ``(connection, sql)`` tuples, where
   ``COM_RESET_CONNECTION`` as ``"RESET CONNECTION"``, ``COM_CHANGE_USER`` as
   ``"CHANGE USER"``, any other command but ``COM_QUIT`` as ``"COMMAND 0x.."``.
 
+:meth:`WireCounter.stall` makes it a network that stops passing bytes while
+every TCP connection stays open (what a dead route, a full NAT table or a
+hung middlebox looks like to a client); :meth:`WireCounter.resume` lets the
+held bytes through.
+
 A connection whose stream cannot be read (TLS, GSS encryption, MySQL
 compression) is still forwarded, but records nothing; such connections are
 counted in :attr:`WireCounter.connections_unreadable`, which a test should
@@ -300,6 +305,10 @@ class _Link:
             self.upstream = upstream
             return not self._shut
 
+    @property
+    def ending(self) -> bool:
+        return self._shut
+
     def shut(self) -> None:
         with self._lock:
             self._shut = True
@@ -346,6 +355,8 @@ class WireCounter:
         self._links: list[_Link] = []
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._wake_reader, self._wake_writer = socket.socketpair()
+        self._flowing = threading.Event()  # cleared while stalled
+        self._flowing.set()
         self._accept_thread = threading.Thread(
             target=self._accept_loop, name="wire-accept", daemon=True
         )
@@ -382,6 +393,14 @@ class WireCounter:
         stuck = [link.thread.name for link in links if link.thread and link.thread.is_alive()]
         if stuck:
             raise RuntimeError(f"proxy threads did not end: {stuck}")
+
+    def stall(self) -> None:
+        """Stop passing bytes either way, connections kept open (see :meth:`resume`)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Pass bytes again, those held while stalled first."""
+        self._flowing.set()
 
     # ------------------------------------------------------------- results
 
@@ -460,15 +479,21 @@ class WireCounter:
         finally:
             link.close()
 
-    @staticmethod
     def _pump(
-        link: _Link, source: socket.socket, target: socket.socket, read: Callable[[bytes], None]
+        self,
+        link: _Link,
+        source: socket.socket,
+        target: socket.socket,
+        read: Callable[[bytes], None],
     ) -> None:
         """Forward ``source`` to ``target``, letting ``read`` see each chunk first."""
         try:
             with contextlib.suppress(OSError):
                 while data := source.recv(_CHUNK):
                     read(data)
+                    while not self._flowing.wait(0.05):  # stalled: hold the bytes
+                        if link.ending:
+                            return
                     target.sendall(data)
         finally:
             link.shut()

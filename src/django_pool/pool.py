@@ -43,7 +43,7 @@ from time import monotonic
 from types import CodeType
 from typing import Any
 
-from . import fork
+from . import fork, watchdog
 from .adapters import BROKEN, IDLE, IN_TRANSACTION, Adapter, adapter_for
 from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
 from .histogram import Histogram, HistogramSnapshot
@@ -401,7 +401,7 @@ class Pool:
                         return self._lend(slot, owner)
                     pinging = True
                     try:
-                        self._adapter_of(slot.conn).ping(slot.conn)
+                        self._ping_by(slot.conn, deadline)
                     except Exception as exc:
                         logger.info(
                             "pool %r: discarding a connection that failed its check: %s",
@@ -425,6 +425,27 @@ class Pool:
                 else:
                     self.putconn(slot.conn)
             raise
+
+    def _ping_by(self, conn: Any, deadline: float) -> None:
+        """Ping ``conn``; raise if it fails or gets no answer by ``deadline``.
+
+        A network that stops passing bytes would otherwise hold the caller far
+        past its timeout (see :mod:`django_pool.watchdog`).
+        """
+        adapter = self._adapter_of(conn)
+        try:
+            fd = adapter.fileno(conn)
+        except Exception:  # closed already: the ping will say so
+            fd = None
+        with watchdog.guard(fd, deadline) as guard:
+            try:
+                adapter.ping(conn)
+            except Exception as exc:
+                if guard is not None and guard.fired:
+                    raise ConnectionFailed(
+                        f"no answer to the health check within the checkout's timeout: {exc}"
+                    ) from exc
+                raise
 
     def _time_out(self, start: float) -> None:
         with self._lock:

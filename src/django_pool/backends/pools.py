@@ -40,6 +40,10 @@ logger = logging.getLogger("django_pool")
 # get_connection_params). A checkout skips that work, so the values seen when
 # the pool's connections were made are copied over.
 WRAPPER_STATE = ("isolation_level",)
+#: Seconds a connection the pool opens may take to connect, unless OPTIONS sets
+#: ``connect_timeout`` (libpq and mysqlclient both take it): without one, a
+#: connector on a network that has gone silent holds its place for minutes.
+DEFAULT_CONNECT_TIMEOUT = 10
 
 
 @dataclass
@@ -119,7 +123,9 @@ def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
 def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
     # The connections are made as without pooling: with OPTIONS["pool"],
     # Django's backends would make their own pool or pass it to the driver.
-    settings_dict = {**key, "OPTIONS": {k: v for k, v in key["OPTIONS"].items() if k != "pool"}}
+    options = {k: v for k, v in key["OPTIONS"].items() if k != "pool"}
+    options.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    settings_dict = {**key, "OPTIONS": options}
     alias = wrapper.alias
     wrapper_class = type(wrapper)
     wrapper_options = wrapper.pool_options
