@@ -719,3 +719,30 @@ def test_uvicorn_leaking_patterns_lose_no_connection(
         stats = _wait_nothing_lent(base)
         assert stats["requests_errors"] == 0, stats
     _wait_sessions_gone(app_db, app_name)
+
+
+def test_gunicorn_gevent_preload_worker_opens_only_what_it_needs(
+    app_db: PostgresServer, tmp_path: Path
+) -> None:
+    """gevent with --preload: the master's pool threads are greenlets, and greenlets
+    survive a fork. Nothing the master started may run in the worker."""
+    pytest.importorskip("gevent")
+    app_name = _app_name("gevent-preload")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = _gunicorn(port, "--workers=1", "--worker-class=gevent", "--preload")
+    env = _server_env(app_db, app_name, DJANGO_POOL_TEST_QUERY_AT_IMPORT="1")
+    with serving("gunicorn-gevent", argv, env, tmp_path) as server:
+        server.wait_ready(f"{base}/stats")
+        response = httpx.get(f"{base}/whoami", timeout=10)  # the worker's own pool
+        if response.status_code != 200:
+            server.fail(f"/whoami answered {response.status_code}")
+        first = httpx.get(f"{base}/stats", timeout=10).json()
+        time.sleep(10)  # idle
+        second = httpx.get(f"{base}/stats", timeout=10).json()
+        assert first["pid"] == second["pid"] != server.pid
+        opened = second["stats"]["connections_num"] - first["stats"]["connections_num"]
+        print(f"gevent --preload: the idle worker opened {opened} connections in 10 s")
+        assert opened == 0, f"an idle worker opened {opened} connections in 10 s"
+        assert second["stats"]["pool_size"] <= MAX_SIZE, second["stats"]
+        assert second["stats"]["connections_opening"] >= 0, second["stats"]

@@ -142,3 +142,56 @@ def test_child_of_child_and_parent_all_keep_their_own(pg_server, pg_conninfo):
 def _session_via(pool: Pool, driver: Driver) -> int:
     with pool.connection() as conn:
         return driver.session_id(conn)
+
+
+GEVENT_FORK_SCRIPT = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json, os, sys, time
+
+from django_pool import Pool
+from tests.fakes import FakeAdapter, FakeConnector
+
+# Connects take 0.3 s, so the pool's connector greenlets are under way at the fork.
+connector = FakeConnector(delay=0.3)
+pool = Pool(connector, FakeAdapter(), min_size=3, num_workers=3, max_idle=600)
+time.sleep(0.05)
+pid = os.fork()
+if pid == 0:
+    attempts_at_fork = connector.attempts
+    time.sleep(3)  # the child asks for nothing
+    print(json.dumps({
+        "attempts": connector.attempts - attempts_at_fork,
+        "connecting": pool._connecting,
+        "nconns": pool._nconns,
+    }))
+    sys.stdout.flush()
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_under_gevent_nothing_the_parent_started_runs_in_the_child(tmp_path):
+    """gunicorn -k gevent --preload: the pool's threads are greenlets, which survive
+    os.fork(). In the child they must stop, and the child opens nothing it did
+    not ask for (it opened ~245 connections a second before)."""
+    pytest.importorskip("gevent")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-c", GEVENT_FORK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "src")])},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert child == {"attempts": 0, "connecting": 0, "nconns": 0}, child

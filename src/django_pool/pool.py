@@ -237,6 +237,11 @@ class Pool:
         """(Re)set everything that belongs to one process's life of the pool."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # sizes changed or pool closed
+        # This process's life of the pool. The connector and maintenance
+        # threads carry the one they were started in and stop, touching
+        # nothing, once it is not the current one: under gevent they are
+        # greenlets, and greenlets survive os.fork() into the child.
+        self._life = object()
         self._idle: deque[_Slot] = deque()
         self._lent: dict[int, _Slot] = {}
         self._parked: dict[int, _Slot] = {}
@@ -825,16 +830,20 @@ class Pool:
         return missing
 
     def _start_threads(self, connectors: int, maintenance: bool) -> None:
+        life = self._life
         for _ in range(connectors):
             threading.Thread(
-                target=self._run_connector, name=f"{self.name}-connect", daemon=True
+                target=self._run_connector, args=(life,), name=f"{self.name}-connect", daemon=True
             ).start()
         if maintenance:
             threading.Thread(
-                target=self._run_maintenance, name=f"{self.name}-maintenance", daemon=True
+                target=self._run_maintenance,
+                args=(life,),
+                name=f"{self.name}-maintenance",
+                daemon=True,
             ).start()
 
-    def _run_connector(self) -> None:
+    def _run_connector(self, life: object) -> None:
         """Open connections while they are wanted.
 
         Started already counted in ``_connecting``; the count drops in the same
@@ -843,6 +852,8 @@ class Pool:
         """
         while True:
             with self._changed:
+                if self._life is not life:
+                    return
                 delay = self._retry_delay_locked()
                 if delay > 0:
                     # Woken early by close() and by a request that queues.
@@ -850,6 +861,10 @@ class Pool:
             opened = None if delay > 0 else self._connect_once()
             discard = None
             with self._lock:
+                if self._life is not life:  # forked meanwhile: not this process's
+                    if opened is not None:
+                        fork.detach(self._adapter_of(opened[0].conn), opened[0].conn)
+                    return
                 self._connecting -= 1
                 if opened is not None:
                     slot, elapsed = opened
@@ -946,7 +961,7 @@ class Pool:
 
     # -- maintenance -------------------------------------------------------------------
 
-    def _run_maintenance(self) -> None:
+    def _run_maintenance(self, life: object) -> None:
         """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``.
 
         Also reports connections lent for longer than ``leak_threshold``, and
@@ -955,7 +970,7 @@ class Pool:
         """
         while True:
             with self._lock:
-                if self._closed and not self._owned_lent_locked():
+                if self._life is not life or (self._closed and not self._owned_lent_locked()):
                     return
                 now = monotonic()
                 self._unpark_stale_locked(now)
@@ -982,7 +997,7 @@ class Pool:
                     stack,
                 )
             with self._changed:
-                if self._closed and not self._owned_lent_locked():
+                if self._life is not life or (self._closed and not self._owned_lent_locked()):
                     return
                 now = monotonic()
                 self._maintenance_due = self._next_maintenance_locked(now)

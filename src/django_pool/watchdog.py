@@ -48,6 +48,9 @@ class _Watchdog:
         self._armed: dict[int, Guard] = {}
         self._tokens = itertools.count()
         self._running = False
+        # The thread stops once this is not its own: after a fork (under
+        # gevent it is a greenlet, and greenlets survive into the child).
+        self._life = object()
 
     @contextlib.contextmanager
     def guard(self, fd: int | None, deadline: float) -> Iterator[Guard | None]:
@@ -68,16 +71,18 @@ class _Watchdog:
             if not start and self._heap[0][1] == token:
                 self._changed.notify()  # the watchdog sleeps until a later deadline
         if start:
-            threading.Thread(target=self._run, name="django-pool-watchdog", daemon=True).start()
+            threading.Thread(
+                target=self._run, args=(self._life,), name="django-pool-watchdog", daemon=True
+            ).start()
         try:
             yield guard
         finally:
             with self._lock:
                 del self._armed[token]
 
-    def _run(self) -> None:
+    def _run(self, life: object) -> None:
         with self._lock:
-            while True:
+            while self._life is life:
                 heap = self._heap
                 while heap and heap[0][1] not in self._armed:
                     heapq.heappop(heap)

@@ -282,13 +282,21 @@ def _close_at_exit() -> None:
 
 
 def _forget_inherited_connections() -> None:
-    """In a forked child: drop the pooled connections the forking thread held."""
+    """In a forked child: drop the pooled wrappers the forking thread had, and their connections.
+
+    The wrapper belongs to the forking thread. Under gevent (``gunicorn -k
+    gevent --preload``) every greenlet of the child shares that thread's
+    storage, would find it and fail Django's thread check; the next use makes
+    a new one. Unpooled wrappers are left as they are: dropping one would let
+    its driver close the parent's session when it is collected.
+    """
     from django.db import connections
 
     for wrapper in connections.all(initialized_only=True):
         forget: Callable[[], None] | None = getattr(wrapper, "forget_pooled_connection", None)
-        if forget is not None:
+        if forget is not None and wrapper.pool_options is not None:
             forget()
+            del connections[wrapper.alias]
 
 
 atexit.register(_close_at_exit)
