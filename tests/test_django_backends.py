@@ -409,4 +409,7 @@ def test_connections_the_pool_opens_have_a_connect_timeout_by_default():
 
     Item.objects.count()
     conn = connections["default"].connection
-    assert conn.info.get_parameters()["connect_timeout"] == str(DEFAULT_CONNECT_TIMEOUT)
+    info = conn.info
+    # psycopg 3, psycopg2
+    parameters = info.get_parameters() if hasattr(info, "get_parameters") else info.dsn_parameters
+    assert parameters["connect_timeout"] == str(DEFAULT_CONNECT_TIMEOUT)

@@ -395,7 +395,7 @@ class Harness:
             # Without the maintenance thread (its sweeps would hide a slip in
             # putconn, drain, resize or a connector within milliseconds), every
             # promise but closing expired and long-idle connections still holds.
-            self.pool._run_maintenance = lambda: None  # type: ignore[method-assign]
+            self.pool._run_maintenance = lambda _life: None  # type: ignore[method-assign]
             self.pool.open()
 
     # -- borrowing -------------------------------------------------------------------
@@ -1066,7 +1066,7 @@ def test_expired_idle_connection_never_lent():
         validate_after=None,
         open=False,
     )
-    pool._run_maintenance = lambda: None  # type: ignore[method-assign]  # never comes
+    pool._run_maintenance = lambda _life: None  # type: ignore[method-assign]  # never comes
     pool.open()
     try:
         pool.wait(5)

@@ -715,8 +715,13 @@ class Pool:
         No I/O; always False where the driver does not report them (MySQL).
         """
         baseline = self._reported_baseline
-        # Every lent connection was opened by a connector, which set the adapter.
-        return baseline is not None and self._adapter.reported_settings(conn) != baseline  # type: ignore[union-attr]
+        if baseline is None:
+            return False
+        try:
+            # Every lent connection was opened by a connector, which set the adapter.
+            return self._adapter.reported_settings(conn) != baseline  # type: ignore[union-attr]
+        except Exception:  # closed or broken: its return discards it anyway
+            return False
 
     def in_transaction(self, conn: Any) -> bool:
         """True if the driver reports a transaction open on lent ``conn`` (no I/O)."""
