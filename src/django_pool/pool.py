@@ -573,10 +573,16 @@ class Pool:
         now = monotonic()
         with self._lock:
             del self._lent[key]
-            self._parked.pop(key, None)
+            if self._parked:  # given back after a park, without unpark()
+                self._parked.pop(key, None)
             # No longer its borrower's: a thread that ends now leaves nothing.
             slot.owner = None
-            usage = self._count_usage_locked(slot, now)
+            # What _count_usage_locked does, written out: this runs on every return.
+            usage = now - slot.lent_at
+            usage_pending = self._usage_pending
+            usage_pending.append(usage)
+            if len(usage_pending) >= _USAGE_BATCH:
+                self._usage_histogram.observe_all(usage_pending)
             if (
                 good
                 and now < slot.expires_at

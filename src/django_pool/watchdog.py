@@ -27,6 +27,9 @@ import threading
 from collections.abc import Iterator
 from time import monotonic
 
+# Seconds the watchdog thread waits with nothing to guard before it ends.
+_IDLE_EXIT = 10.0
+
 
 class Guard:
     """One guarded call; ``fired`` says whether the deadline shut its socket down."""
@@ -87,7 +90,10 @@ class _Watchdog:
                 while heap and heap[0][1] not in self._armed:
                     heapq.heappop(heap)
                 if not heap:
-                    self._changed.wait()
+                    # Nothing guarded for a while: end (the next guard starts one).
+                    if not self._changed.wait(_IDLE_EXIT) and not self._heap:
+                        self._running = False
+                        return
                     continue
                 deadline, _, guard = heap[0]
                 delay = deadline - monotonic()

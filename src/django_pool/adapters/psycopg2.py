@@ -42,8 +42,8 @@ class Psycopg2Adapter(Adapter):
             conn.rollback()
 
     def reported_settings(self, conn: Any) -> tuple[Any, ...]:
-        status = conn.get_parameter_status
-        return tuple(status(name) for name in REPORTED_SETTINGS)
+        # map(): no Python frame per name; this runs at every return.
+        return tuple(map(conn.get_parameter_status, REPORTED_SETTINGS))
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, psycopg2.InterfaceError):
