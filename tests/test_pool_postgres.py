@@ -8,6 +8,8 @@ driver shares are in test_pool_servers.py.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -170,3 +172,76 @@ def test_waiting_requests_are_served_within_a_second_of_the_server_coming_back(
         thread.join(30)
     assert len(served_at) == 3
     assert max(served_at) - back_at < 1.5, f"served {max(served_at) - back_at:.2f} s after"
+
+
+NETWORK_CLIENT = r"""
+import json, os, sys, time
+
+name, dsn, mode = os.environ["DJP_DRIVER"], os.environ["DJP_DSN"], os.environ["DJP_MODE"]
+if name == "psycopg":
+    import psycopg as driver
+    conn = driver.connect(dsn, autocommit=True)
+else:
+    import psycopg2 as driver
+    conn = driver.connect(dsn)
+    conn.autocommit = True
+print("connected", flush=True)
+sys.stdin.readline()  # the test says when
+cursor = conn.cursor()
+try:
+    # keepalive: the query is on the server when the link goes; tcp: it is sent after.
+    cursor.execute("SELECT pg_sleep(60)" if mode == "keepalive" else "SELECT 1")
+    print(json.dumps({"error": None}), flush=True)
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+"""
+
+NETWORK_OPTIONS = {
+    # Data sent on a dead route is never acknowledged.
+    "tcp": "tcp_user_timeout=2000",
+    # Waiting for an answer from a peer that has gone: probes go unanswered.
+    "keepalive": "keepalives=1 keepalives_idle=1 keepalives_interval=1 keepalives_count=2",
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", list(NETWORK_OPTIONS))
+def test_libpq_options_bound_a_query_on_a_lost_route(driver, pg_server, pg_conninfo, mode):
+    """docs/configuration.md's PostgreSQL examples, on a route that silently loses
+    every packet: a host of the test's own in a network namespace, its link cut."""
+    from tests import netns
+    from tests.wire import WireCounter
+
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs a network namespace of its own: {reason}")
+    with (
+        netns.IsolatedHost() as host,
+        WireCounter(
+            "postgresql", pg_server.host, pg_server.port, host=netns.HOST_ADDRESS
+        ) as proxy,
+    ):
+        dsn = f"{pg_conninfo} host={proxy.host} port={proxy.port} {NETWORK_OPTIONS[mode]}"
+        env = {**os.environ, "DJP_DRIVER": driver.name, "DJP_DSN": dsn, "DJP_MODE": mode}
+        client = host.python(NETWORK_CLIENT, env)
+        try:
+            assert client.stdout is not None and client.stdin is not None
+            assert client.stdout.readline().strip() == "connected", client.stderr
+            if mode == "keepalive":
+                client.stdin.write("go\n")
+                client.stdin.flush()
+                time.sleep(0.5)  # the query has reached the server
+                host.cut()
+            else:
+                host.cut()
+                client.stdin.write("go\n")
+                client.stdin.flush()
+            cut = time.monotonic()
+            result = json.loads(client.stdout.readline())
+            waited = time.monotonic() - cut
+        finally:
+            client.kill()
+            client.wait(10)
+    assert result["error"] is not None, result
+    # Without the option the query would wait for TCP's own limits (minutes).
+    assert waited < 15, f"the query failed only {waited:.1f} s after the link went"

@@ -335,7 +335,8 @@ class WireCounter:
     leaving closes the listener and every proxied connection (their clients
     then see a lost connection) and waits for all its threads to end.
 
-    Clients connect to ``host`` and ``port`` (known once entered); ``protocol``
+    Clients connect to ``host`` (an address of this machine to listen on,
+    127.0.0.1 unless given) and ``port`` (known once entered); ``protocol``
     and ``upstream`` (the server's host and port) are kept as given.
     """
 
@@ -344,10 +345,11 @@ class WireCounter:
         protocol: Literal["postgresql", "mysql"],
         upstream_host: str,
         upstream_port: int,
+        host: str = "127.0.0.1",
     ) -> None:
         self.protocol = protocol
         self.upstream = (upstream_host, upstream_port)
-        self.host = "127.0.0.1"
+        self.host = host
         self.port = 0
         self._parser_class = _PARSERS[protocol]
         self._lock = threading.Lock()
