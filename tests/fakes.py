@@ -29,6 +29,8 @@ class FakeConnection:
         self.pings = 0
         self.rollbacks = 0
         self.opened_in = threading.current_thread().name
+        # What the server would report of the session's settings (ParameterStatus).
+        self.reported = ("UTC",)
 
     def query(self) -> None:
         if self.closed or self.dead:
@@ -49,6 +51,9 @@ class FakeAdapter(Adapter):
     def ping(self, conn: Any) -> None:
         conn.pings += 1
         conn.query()
+
+    def reported_settings(self, conn: Any) -> tuple[Any, ...]:
+        return tuple(conn.reported)
 
     def rollback(self, conn: Any) -> None:
         conn.query()

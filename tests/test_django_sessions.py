@@ -143,6 +143,31 @@ def test_a_setting_changed_where_no_statement_shows_it_is_reset():
             checkout(wrapper, "DROP FUNCTION IF EXISTS django_pool_set_zone()")
 
 
+def test_with_release_transaction_a_setting_changed_unseen_reaches_no_other_request():
+    """The same, between transactions: the parked connection is compared only
+    when another request would take it, and that request gets another one."""
+    with proxied("default", release="transaction") as (wrapper, _):
+        before = checkout(wrapper, "SHOW TimeZone")
+        checkout(
+            wrapper,
+            "CREATE OR REPLACE FUNCTION django_pool_set_zone() RETURNS void "
+            "LANGUAGE plpgsql AS $$BEGIN "
+            "PERFORM pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false); END$$",
+        )
+        other = type(wrapper)(wrapper.settings_dict, wrapper.alias)  # another request
+        try:
+            with wrapper.cursor() as cursor:  # parked with the changed zone after this
+                cursor.execute("SELECT django_pool_set_zone()")
+            assert wrapper.connection is None  # given back between transactions
+            with other.cursor() as cursor:  # the pool's only connection was that one
+                cursor.execute("SHOW TimeZone")
+                assert cursor.fetchall() == before
+        finally:
+            other.close()
+            wrapper.close()
+            checkout(wrapper, "DROP FUNCTION IF EXISTS django_pool_set_zone()")
+
+
 def test_a_statement_seen_before_is_detected_again():
     # The second time, the scan's result comes from its memo (Dialect.known).
     change, show = PG_STATE["search_path"]

@@ -966,3 +966,25 @@ def test_a_connection_handed_to_a_waiter_as_it_is_interrupted_is_not_lost(make_p
     stats = pool.get_stats()
     assert stats["pool_in_use"] == 0 and stats["pool_available"] == 1, stats
     assert pool.getconn(timeout=0.5) is held
+
+
+def test_a_parked_connection_whose_reported_settings_changed_goes_to_nobody_else(make_pool):
+    pool, connector = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    conn.reported = ("Asia/Tokyo",)  # a function set the time zone: no statement says so
+    assert pool.park(conn)
+    other = pool.getconn(timeout=2)  # another request: not this session
+    assert other is not conn and conn.closed and len(connector.made) == 2
+    assert not pool.unpark(conn)
+    pool.putconn(other)
+
+
+def test_its_own_borrower_takes_a_changed_parked_connection_back(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1)
+    pool.wait()
+    conn = pool.getconn()
+    conn.reported = ("Asia/Tokyo",)
+    assert pool.park(conn)  # compared only if someone else wants it
+    assert pool.unpark(conn) and not conn.closed
+    pool.putconn(conn)

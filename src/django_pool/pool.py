@@ -380,6 +380,7 @@ class Pool:
         pinging = False
         try:
             while True:
+                taken_parked = False
                 if slot is None:
                     with self._lock:
                         if self._idle or self._parked:
@@ -388,6 +389,7 @@ class Pool:
                                 self._lent[id(slot.conn)] = slot
                             else:  # parked by another borrower, who will borrow again
                                 slot = self._parked.popitem()[1]
+                                taken_parked = True
                             slot.lent_at = start
                             recorded = monotonic() - start
                             self._wait_histogram.observe(recorded)
@@ -400,7 +402,11 @@ class Pool:
                         recorded = slot.lent_at - start  # as _hand_over_locked recorded it
                 assert slot is not None
                 now = monotonic()
-                if now < slot.expires_at and slot.generation == self._generation:
+                if taken_parked and self.reported_settings_changed(slot.conn):
+                    # Its borrower changed the session unseen (see park()): not
+                    # for anyone else.
+                    self._drop_lent(slot, lost=False, recorded=recorded)
+                elif now < slot.expires_at and slot.generation == self._generation:
                     last_ok = slot.last_ok
                     if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
                         return self._lend(slot, owner)
@@ -637,11 +643,18 @@ class Pool:
         a return and a checkout. After ``validate_after`` (at most a second)
         it becomes an ordinary idle connection.
 
+        The settings the server reports (see :meth:`reported_settings_changed`)
+        are compared only when the connection is to go to another borrower,
+        at once or later: a park costs no more than it must. If they changed,
+        it is not lent to anyone else (the caller keeps it, or it is closed
+        and replaced).
+
         Returns False, and the connection stays lent, if the driver reports a
-        transaction in progress. A connection that needs more than a park
-        (broken, past its lifetime, or the pool has a ``reset`` hook) is
-        given back as :meth:`putconn` does; True then too: either way, it is
-        no longer the caller's.
+        transaction in progress, or it would go to a waiting request with
+        changed reported settings (its return resets them). A connection
+        that needs more than a park (broken, past its lifetime, or the pool
+        has a ``reset`` hook) is given back as :meth:`putconn` does; True
+        then too: either way, it is no longer the caller's.
         """
         # Every lent connection was opened by a connector, which set the adapter.
         state = self._adapter.state(conn)  # type: ignore[union-attr]
@@ -662,6 +675,8 @@ class Pool:
                     and self._park_limit > 0
                     and slot.lent_at >= self._distrust_before  # else checked (see putconn)
                 ):
+                    if self._waiters and self.reported_settings_changed(conn):
+                        return False
                     slot.owner = None
                     self._count_usage_locked(slot, now)
                     slot.last_ok = now
@@ -699,8 +714,13 @@ class Pool:
                 slot.lent_at = now
                 slot.owner = owner
                 return True
-            self._unpark_to_idle_locked(slot)
-            return False
+            if not self.reported_settings_changed(conn):
+                self._unpark_to_idle_locked(slot)
+                return False
+        # Parked too long to be lent without a check, and changed unseen:
+        # closed and replaced rather than made idle (see park()).
+        self._drop_lent(slot, lost=False, recorded=None)
+        return False
 
     def _unpark_to_idle_locked(self, slot: _Slot) -> None:
         """Make a parked slot (popped from ``_parked``) an ordinary idle one."""
@@ -984,8 +1004,8 @@ class Pool:
                 if self._life is not life or (self._closed and not self._owned_lent_locked()):
                     return
                 now = monotonic()
-                self._unpark_stale_locked(now)
-                expired = self._take_expired_idle_locked(now)
+                changed = self._unpark_stale_locked(now)
+                expired = [*changed, *self._take_expired_idle_locked(now)]
                 spawn = self._connectors_to_start_locked()
                 leaks = self._take_leaks_locked(now) if self.leak_threshold is not None else []
                 abandoned = [
@@ -1055,12 +1075,23 @@ class Pool:
             self._connections_reclaimed += 1
         self.putconn(conn, discard=not keep)
 
-    def _unpark_stale_locked(self, now: float) -> None:
-        """Parked connections nobody took back within ``_park_limit`` become idle ones."""
+    def _unpark_stale_locked(self, now: float) -> list[_Slot]:
+        """Parked connections nobody took back within ``_park_limit`` become idle ones.
+
+        Those whose reported settings changed (see park()) are returned
+        instead, no longer counted, for the caller to close.
+        """
+        changed = []
         for key, slot in list(self._parked.items()):
             if now - slot.last_ok >= self._park_limit:
                 del self._parked[key]
-                self._unpark_to_idle_locked(slot)
+                if self.reported_settings_changed(slot.conn):
+                    del self._lent[key]
+                    self._nconns -= 1
+                    changed.append(slot)
+                else:
+                    self._unpark_to_idle_locked(slot)
+        return changed
 
     def _take_idle_locked(self) -> list[_Slot]:
         """Empty ``_idle`` and ``_parked`` (close(), drain()): their slots, no longer counted."""

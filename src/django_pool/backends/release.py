@@ -30,9 +30,10 @@ closed and when autocommit is switched back on, which is how every
   (``.iterator()``) until it is exhausted or closed, a raw
   ``connection.cursor()`` until it is closed;
 * the session scan saw a change to the session (``SET``, temporary tables,
-  ``LISTEN``, advisory locks, ``PREPARE``...), or the server reported a
-  changed setting (see ``Pool.reported_settings_changed``): the connection is
-  then pinned until the request ends, and cleaned as usual when it goes back;
+  ``LISTEN``, advisory locks, ``PREPARE``...): the connection is then pinned
+  until the request ends, and cleaned as usual when it goes back. A change
+  only the server's reports show (a setting changed inside a function) does
+  not pin it, but keeps it from any other request (see ``Pool.park``);
 * ``CONN_MAX_AGE`` was changed in place (persistent, by request).
 
 ``transaction.on_commit`` callbacks run as Django runs them: after the
@@ -59,8 +60,6 @@ from typing import Any
 
 from django.core.signals import request_finished, request_started
 from django.db.backends.signals import connection_created
-
-from ..session import Change
 
 # ``active`` is True in a thread between request_started and request_finished:
 # Django sends both in the thread that serves the request (under ASGI, the
@@ -201,16 +200,14 @@ class TransactionRelease:
         ):
             return
         conn = self.connection
-        if entry.pool.reported_settings_changed(conn):
-            # Changed where the scan could not see (a function, a DO block):
-            # pinned as a change it saw would be, and reset at the end.
-            self._session_changes |= int(Change.SETTINGS)
-            return
         if self.errors_occurred:  # checked as any return is (see base._close)
             if not entry.pool.in_transaction(conn):
                 self._close()  # type: ignore[attr-defined]
             return
-        if not entry.pool.park(conn):  # the driver reports a transaction
+        # The settings the server reports are compared by the pool only if
+        # the connection goes to another request (see Pool.park); at the end
+        # of the request by _close(), as every return.
+        if not entry.pool.park(conn):  # a transaction, or changed settings for a waiter
             return
         self._pool_entry = None
         self.connection = None
