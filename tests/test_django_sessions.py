@@ -122,18 +122,19 @@ def test_postgresql_session_state_is_gone_at_the_next_checkout(kind):
         assert get_stats("default-proxied")["sessions_reset"] == 1
 
 
+# A function that changes the session's time zone: calling it shows nothing.
+SET_ZONE_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION django_pool_set_zone() RETURNS void LANGUAGE plpgsql "
+    "AS $$BEGIN PERFORM pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false); END$$"
+)
+
+
 def test_a_setting_changed_where_no_statement_shows_it_is_reset():
     """A function's SET: nothing in ``SELECT f()`` says so, but the server reports
     the new value (ParameterStatus), and the return compares it."""
     with proxied("default") as (wrapper, _):
         before = checkout(wrapper, "SHOW TimeZone")
-        # Made in a checkout of its own: its text names set_config.
-        checkout(
-            wrapper,
-            "CREATE OR REPLACE FUNCTION django_pool_set_zone() RETURNS void "
-            "LANGUAGE plpgsql AS $$BEGIN "
-            "PERFORM pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false); END$$",
-        )
+        checkout(wrapper, SET_ZONE_FUNCTION)  # alone: its text names set_config
         resets = get_stats("default-proxied")["sessions_reset"]
         try:
             assert checkout(wrapper, "SELECT django_pool_set_zone()", "SHOW TimeZone") != before
@@ -148,12 +149,7 @@ def test_with_release_transaction_a_setting_changed_unseen_reaches_no_other_requ
     when another request would take it, and that request gets another one."""
     with proxied("default", release="transaction") as (wrapper, _):
         before = checkout(wrapper, "SHOW TimeZone")
-        checkout(
-            wrapper,
-            "CREATE OR REPLACE FUNCTION django_pool_set_zone() RETURNS void "
-            "LANGUAGE plpgsql AS $$BEGIN "
-            "PERFORM pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false); END$$",
-        )
+        checkout(wrapper, SET_ZONE_FUNCTION)
         other = type(wrapper)(wrapper.settings_dict, wrapper.alias)  # another request
         try:
             with wrapper.cursor() as cursor:  # parked with the changed zone after this
