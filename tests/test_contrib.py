@@ -432,6 +432,8 @@ def test_a_token_read_from_a_file_matches_without_its_newline(client, url):
         assert_stats(client.get(url, HTTP_AUTHORIZATION=f"Bearer {TOKEN}"))
 
 
+# Every alias: Django 6.1's own checks look at every database.
+@pytest.mark.django_db(transaction=True, databases="__all__")
 @pytest.mark.parametrize("token", ["x", "short-token", " 0123456789abcde "])
 def test_a_short_token_is_refused_by_a_system_check(client, url, token):
     from django.core import checks

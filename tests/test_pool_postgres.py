@@ -1,7 +1,7 @@
 """PostgreSQL-only faults, with psycopg 3 and with psycopg2: the server
 restarted under load or down for a while, and the server at max_connections.
 
-Tests that restart or stop a server use the session's private one
+Tests that restart, stop or fill a server use the session's private one
 (``private_pg``, embedded), never the one PGHOST names. The behaviours every
 driver shares are in test_pool_servers.py.
 """
@@ -102,14 +102,17 @@ def test_server_restart_under_load(make_pool, driver, private_pg, private_connin
     assert successes_after_restart[0] > 50
 
 
-def test_server_at_max_connections_reports_the_cause_and_recovers(make_pool, driver, pg_conninfo):
-    pool = make_pool(min_size=0, max_size=2, name="crowded", validate_after=None)
+def test_server_at_max_connections_reports_the_cause_and_recovers(
+    make_pool, driver, private_conninfo
+):
+    # The private server: filling the shared one would lock everybody else out.
+    pool = make_pool(private_conninfo, min_size=0, max_size=2, name="crowded", validate_after=None)
     # Take every slot the server has, superuser-reserved ones included.
     hogs = []
     try:
         while len(hogs) < 1000:
             try:
-                hogs.append(driver.connect(pg_conninfo, True))
+                hogs.append(driver.connect(private_conninfo, True))
             except Exception as exc:
                 assert "too many clients" in str(exc) or "reserved" in str(exc), exc
                 break
