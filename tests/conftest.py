@@ -89,3 +89,35 @@ def mysql_server() -> MySQLServer:
 def mysql_connect_kwargs(mysql_server: MySQLServer) -> dict[str, Any]:
     """``MySQLdb.connect`` keyword arguments for TEST_DATABASE (PyMySQL takes them too)."""
     return mysql_server.connect_kwargs(TEST_DATABASE)
+
+
+@pytest.fixture(scope="session")
+def pgbouncers(django_db_setup: None, django_db_blocker: Any) -> Iterator[dict[str, Any]]:
+    """The run's PgBouncers (see tests.pgbouncer) by pool mode, in front of the test database.
+
+    Made after the test databases, so that its teardown comes first: PgBouncer's
+    server sessions on the test database must be closed before it is dropped.
+    """
+    from django.conf import settings
+
+    if settings.PGBOUNCERS is None:
+        pytest.skip(f"no PgBouncer: {settings.PGBOUNCER_UNAVAILABLE}")
+    yield settings.PGBOUNCERS
+    from django.db import connections
+
+    from django_pool.backends import close_pools
+
+    for alias in settings.DATABASES:
+        if alias.startswith("bouncer_"):
+            close_pools(alias)
+    test_database = connections["default"].settings_dict["NAME"]
+    for bouncer in settings.PGBOUNCERS.values():
+        bouncer.disconnect(test_database)
+
+
+@pytest.fixture(autouse=True)
+def _pgbouncers_for_bouncer_aliases(request: pytest.FixtureRequest) -> None:
+    """Tests parametrized with a ``bouncer_*`` alias get :func:`pgbouncers` too."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if str(params.get("alias", "")).startswith("bouncer_"):
+        request.getfixturevalue("pgbouncers")

@@ -19,7 +19,7 @@ from django.db.utils import load_backend
 
 from django_pool.backends import close_pools, get_pool
 from django_pool.threads import PooledThreadPoolExecutor, returns_connections
-from tests.databases import ALIASES, django_db
+from tests.databases import ALIASES, BOUNCER_ALIASES, django_db
 from tests.djangoapp.models import Item
 
 pytestmark = django_db
@@ -37,7 +37,7 @@ def end_request(alias: str) -> None:
     connections[alias].close_if_unusable_or_obsolete()
 
 
-@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("alias", [*ALIASES, *BOUNCER_ALIASES])
 def test_the_orm_works_unchanged(alias):
     items = Item.objects.using(alias)
     items.create(name="a", quantity=1)

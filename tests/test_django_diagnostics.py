@@ -152,6 +152,37 @@ def test_live_check_warns_when_the_pools_outgrow_the_server(monkeypatch):
     assert "django_pool.W001" not in check_ids()  # never without --database
 
 
+def test_live_check_adds_up_every_alias_on_the_server(monkeypatch):
+    """default and its release="transaction" twin share a server: each fits, both do not."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+        )
+        capacity = cursor.fetchone()[0]
+    connections["default"].close()
+    default = settings.DATABASES["default"]
+    on_server = [
+        alias
+        for alias, entry in settings.DATABASES.items()
+        if entry.get("OPTIONS", {}).get("pool") and entry["PORT"] == default["PORT"]
+        and entry["HOST"] == default["HOST"]
+    ]  # fmt: skip
+    assert {"default", "default_tx"} <= set(on_server)
+    max_size = settings.POOL["max_size"]
+    processes = capacity // (max_size * len(on_server)) + 1
+    assert processes * max_size <= capacity  # one alias alone fits
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    monkeypatch.setenv("DJANGO_POOL_PROCESSES", str(processes))  # counted first
+    database_checks = {"databases": ["default"], "tags": [checks.Tags.database]}
+    messages = [m for m in checks.run_checks(**database_checks) if m.id == "django_pool.W001"]
+    assert len(messages) == 1, messages
+    assert f"x {processes} process(es)" in messages[0].msg
+    for alias in on_server:
+        assert f"{alias!r} max_size={max_size}" in messages[0].msg
+    assert f"{processes * max_size * len(on_server)} connections" in messages[0].msg
+
+
 def hold_a_connection_in_a_view(wrapper: Any) -> None:
     """Stands for application code that keeps a connection too long."""
     wrapper.ensure_connection()

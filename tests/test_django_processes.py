@@ -494,13 +494,9 @@ def test_django_level_suite_on_psycopg2(pg_server):
         f"Django's PostgreSQL backend did not use psycopg2\n{probe.describe()}"
     )
 
-    suite = run(
-        [PYTHON, "-m", "pytest", "tests/test_django_backends.py", "-q", "-p", "no:cacheprovider"],
-        env,
-    )
-    assert suite.returncode == 0, (
-        f"tests/test_django_backends.py failed on psycopg2\n{suite.describe()}"
-    )
+    files = ["tests/test_django_backends.py", "tests/test_django_pgbouncer.py"]
+    suite = run([PYTHON, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider"], env)
+    assert suite.returncode == 0, f"{' '.join(files)} failed on psycopg2\n{suite.describe()}"
     assert " passed" in suite.stdout and " failed" not in suite.stdout, suite.describe()
 
 

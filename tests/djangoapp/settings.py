@@ -4,7 +4,10 @@
 PostgreSQL backend picks psycopg2 (it prefers psycopg 3 when both import).
 The ``mysql`` alias exists only when a MySQL/MariaDB server answers; the
 ``gis`` alias (PostGIS) only when GDAL and GEOS load and the server offers the
-postgis extension (``GIS_UNAVAILABLE`` says why not).
+postgis extension (``GIS_UNAVAILABLE`` says why not); the ``bouncer_*``
+aliases, on the default alias's test database through PgBouncers of the
+tests' own (:mod:`tests.pgbouncer`), only when PgBouncer is installed
+(``PGBOUNCER_UNAVAILABLE`` says why not).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import sys
 
 from django_pool import testservers
+from tests import pgbouncer
 
 _pg = testservers.postgres_server()
 _mysql = testservers.mysql_server()
@@ -77,6 +81,27 @@ if _mysql is not None:
         "PORT": _mysql.port,
         "OPTIONS": {"pool": POOL},
     }
+
+PGBOUNCER_UNAVAILABLE = pgbouncer.unavailable_reason()
+PGBOUNCERS = pgbouncer.shared_bouncers(_pg)
+if PGBOUNCERS is not None:
+    _through = {
+        # What the option is for: a transaction pooler, and django-pool told so.
+        "bouncer_transaction": ("transaction", {"server_pooling": "transaction"}),
+        # A pooler in session mode needs nothing.
+        "bouncer_session": ("session", {}),
+        # A transaction pooler django-pool was not told about: what goes wrong.
+        "bouncer_unaware": ("transaction", {}),
+    }
+    for _alias, (_mode, _options) in _through.items():
+        DATABASES[_alias] = {
+            **DATABASES["default"],
+            "HOST": "127.0.0.1",
+            "PORT": PGBOUNCERS[_mode].port,
+            "DISABLE_SERVER_SIDE_CURSORS": _mode == "transaction",
+            "OPTIONS": {"pool": {**POOL, **_options}},
+            "TEST": {"MIRROR": "default"},
+        }
 
 # release="transaction" twins of the pooled aliases, on the same test databases.
 for _alias in [alias for alias in ("default", "mysql") if alias in DATABASES]:

@@ -75,12 +75,15 @@ class PooledWrapperMixin(TransactionRelease):
     _session_changes = 0
     _session_undo_always = 0
     _session_detect = False
+    # OPTIONS["pool"]["server_pooling"] == "transaction" (see .server_pooling).
+    _behind_transaction_pooler = False
     _session_dialect: Dialect
     _session_known: dict[str, int]
 
     settings_dict: dict[str, Any]
     alias: str
     vendor: str
+    Database: Any  # the driver module
     execute_wrappers: list[Any]
     connection: Any
     autocommit: bool
@@ -115,8 +118,8 @@ class PooledWrapperMixin(TransactionRelease):
 
     def _use_pool_setting(self, setting: Any, settings_dict: dict[str, Any], alias: str) -> None:
         """Check ``OPTIONS["pool"]`` and set the wrapper up for it (or for no pooling)."""
-        options = pool_options(setting, settings_dict, alias)
         vendor = type(self).vendor
+        options = pool_options(setting, settings_dict, alias, vendor)
         detect = False
         undo_always = 0
         if options is not None:
@@ -137,6 +140,7 @@ class PooledWrapperMixin(TransactionRelease):
         self._pool_settings_dict = settings_dict
         self._session_detect = detect
         self._session_undo_always = undo_always
+        self._behind_transaction_pooler = options is not None and options.behind_transaction_pooler
         self._set_release(options is not None and options.release == "transaction", detect)
         self._known_entry = None
 
@@ -190,7 +194,9 @@ class PooledWrapperMixin(TransactionRelease):
     def _pooled_cursor(self, wrapped: Any) -> Any:
         """Switch a Django cursor wrapper to its pooled subclass (see :mod:`.cursors`)."""
         if self._session_detect:  # always so with release="transaction"
-            wrapped.__class__ = pooled_cursor_class(wrapped.__class__)
+            wrapped.__class__ = pooled_cursor_class(
+                wrapped.__class__, self._behind_transaction_pooler
+            )
             if self._release_per_transaction:
                 self._count_cursor(wrapped)
         return wrapped
@@ -383,6 +389,10 @@ class PooledWrapperMixin(TransactionRelease):
         Settings come back to the connection's defaults, so Django's
         per-connection setup (time zone, role...) is run again after.
         """
+        if self._behind_transaction_pooler:
+            # It would run on whichever server session the pooler picks; a
+            # client connection closes without a word to the server.
+            return False
         sql = self._session_dialect.reset_sql(changes)
         if sql is None:
             return False

@@ -22,6 +22,9 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
+from ..session import Change
+from .server_pooling import refusal, refused_changes
+
 if TYPE_CHECKING:
     from .base import PooledWrapperMixin
 
@@ -56,11 +59,46 @@ class PooledCursor:
                 self.db._cursor_closed(borrow, self._chunked)
 
 
+_TRANSACTION = int(Change.TRANSACTION)
+
+
+class ServerPooledCursor(PooledCursor):
+    """The scan behind a transaction pooler (see :mod:`.server_pooling`): refuse, not record.
+
+    Session state is refused before it is sent, so there is never any to
+    reset; only a transaction opened by a statement is recorded (it is
+    rolled back on return).
+    """
+
+    def _execute_with_wrappers(self, sql: Any, params: Any, many: bool, executor: Any) -> Any:
+        db = self.db
+        state = db._session_changes
+        try:
+            changes = state | db._session_known[sql]
+        except (KeyError, TypeError):  # new, or not a string (unhashable sql.Composed)
+            changes = db._session_dialect.after(state, sql)
+        added = changes & ~state & ~_TRANSACTION
+        if added:
+            in_transaction = db.in_atomic_block or not db.autocommit or changes & _TRANSACTION
+            refused = refused_changes(added, bool(in_transaction))
+            if refused:
+                raise refusal(db.alias, sql, refused)
+        db._session_changes = changes & _TRANSACTION
+        # Past PooledCursor's scan, to the Django cursor wrapper's.
+        return super(PooledCursor, self)._execute_with_wrappers(  # type: ignore[misc]
+            sql, params, many, executor
+        )
+
+
 @functools.cache
-def pooled_cursor_class(wrapper_class: type[Any]) -> type[Any]:
-    """``wrapper_class`` (a Django cursor wrapper class) with :class:`PooledCursor` added."""
+def pooled_cursor_class(wrapper_class: type[Any], behind_transaction_pooler: bool) -> type[Any]:
+    """``wrapper_class`` (a Django cursor wrapper class) with :class:`PooledCursor` added.
+
+    Behind a transaction pooler, :class:`ServerPooledCursor` instead.
+    """
+    scan = ServerPooledCursor if behind_transaction_pooler else PooledCursor
     return type(
         wrapper_class.__name__,
-        (PooledCursor, wrapper_class),
+        (scan, wrapper_class),
         {"__module__": __name__, "__doc__": wrapper_class.__doc__},
     )

@@ -4,8 +4,9 @@ The keys are Django's built-in pool's (psycopg_pool's) where they mean the same
 thing, so moving from it is an ENGINE change only; keys that only make sense
 for psycopg_pool's own implementation are accepted where they have a meaning
 here and refused, with the reason, where they do not. Nothing is ignored.
-``session_reset`` (see :mod:`django_pool.session`) and ``release`` (see
-:mod:`django_pool.backends.release`) are the Django layer's own.
+``session_reset`` (see :mod:`django_pool.session`), ``release`` (see
+:mod:`django_pool.backends.release`) and ``server_pooling`` (see
+:mod:`django_pool.backends.server_pooling`) are the Django layer's own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from ..pool import Pool
+from . import server_pooling as server_pooling_rules
 
 #: Engine options a user may set, with their defaults (the engine's).
 ENGINE_KEYS = (
@@ -44,6 +46,8 @@ _SESSION_RESET = "session_reset"
 #: :mod:`django_pool.backends.release`).
 RELEASE_CHOICES = ("request", "transaction")
 _RELEASE = "release"
+_SERVER_POOLING = "server_pooling"
+_LAYER_KEYS = (_SESSION_RESET, _RELEASE, _SERVER_POOLING)
 # psycopg_pool keys that Django's pool sets itself, or that need psycopg_pool.
 _REFUSED = {
     "kwargs": "connection arguments belong in OPTIONS itself, as without pooling",
@@ -63,10 +67,20 @@ class PoolOptions:
     session_reset: str = SESSION_RESET_CHOICES[0]
     #: One of :data:`RELEASE_CHOICES`.
     release: str = RELEASE_CHOICES[0]
+    #: One of :data:`~.server_pooling.SERVER_POOLING_CHOICES`.
+    server_pooling: str | None = None
+    #: The most connections the pool opens at once (``max_size`` or its default).
+    max_size: int = 0
+
+    @property
+    def behind_transaction_pooler(self) -> bool:
+        return self.server_pooling == "transaction"
 
 
-def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> PoolOptions | None:
-    """Return the checked options, or None when pooling is off.
+def pool_options(
+    value: Any, settings_dict: Mapping[str, Any], alias: str, vendor: str
+) -> PoolOptions | None:
+    """Return the checked options of a ``vendor`` backend, or None when pooling is off.
 
     Raises ImproperlyConfigured naming ``DATABASES[alias]['OPTIONS']['pool']``
     and the key at fault.
@@ -108,6 +122,10 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
             f"default), got {session_reset!r}: a session whose state is not tracked "
             "cannot be kept until the request ends"
         )
+    server_pooling = options.pop(_SERVER_POOLING, None)
+    server_pooling_rules.check_options(server_pooling, session_reset, settings_dict, where)
+    if server_pooling == "transaction":
+        server_pooling_rules.check_vendor(vendor, where)
     arguments: dict[str, Any] = {}
     if options.pop(_CHECK, None):  # psycopg_pool's check callable, or True
         arguments["validate_after"] = 0
@@ -119,7 +137,7 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
         if key not in ENGINE_KEYS:
             raise ImproperlyConfigured(
                 f"{where}: unknown key {key!r}; valid keys: "
-                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK, _SESSION_RESET, _RELEASE)))}"
+                f"{', '.join(sorted((*ENGINE_KEYS, _CHECK, *_LAYER_KEYS)))}"
             )
         if key in ("configure", "reset"):
             value = _callable(where, key, value)
@@ -127,10 +145,10 @@ def pool_options(value: Any, settings_dict: Mapping[str, Any], alias: str) -> Po
     arguments.setdefault("name", alias)
 
     try:  # the engine checks types and ranges and names the key at fault
-        Pool(_never_called, open=False, **arguments)
+        checked = Pool(_never_called, open=False, **arguments)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"{where}: {exc}") from None
-    return PoolOptions(arguments, session_reset, release)
+    return PoolOptions(arguments, session_reset, release, server_pooling, checked.max_size)
 
 
 def _callable(where: str, key: str, value: Any) -> Callable[[Any], None]:

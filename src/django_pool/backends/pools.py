@@ -29,6 +29,7 @@ from django.core.signals import setting_changed
 
 from ..pool import Pool
 from ..session import DIALECTS, Change
+from . import server_pooling
 
 if TYPE_CHECKING:
     from .base import PooledWrapperMixin
@@ -125,11 +126,13 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
     # Django's backends would make their own pool or pass it to the driver.
     options = {k: v for k, v in key["OPTIONS"].items() if k != "pool"}
     options.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    wrapper_options = wrapper.pool_options
+    assert wrapper_options is not None
+    if wrapper_options.behind_transaction_pooler:
+        server_pooling.connection_options(options, wrapper.Database.__name__ == "psycopg")
     settings_dict = {**key, "OPTIONS": options}
     alias = wrapper.alias
     wrapper_class = type(wrapper)
-    wrapper_options = wrapper.pool_options
-    assert wrapper_options is not None
     arguments = dict(wrapper_options.engine)
     wrapper_state: dict[str, Any] = {}
 
@@ -165,8 +168,8 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
 
     def reclaim(conn: Any) -> bool:
         # Its borrower's thread ended: what it left in the session is unknown.
-        if wrapper_options.session_reset == "never":
-            return True
+        if wrapper_options.session_reset == "never" or wrapper_options.behind_transaction_pooler:
+            return True  # behind a pooler, a reset would land on another session
         if reset_all is None:  # MySQL: cannot be reset in place
             return False
         with conn.cursor() as cursor:
