@@ -691,6 +691,54 @@ def test_histograms_count_waits_and_usage(make_pool):
     assert pool.get_histograms()["usage"].count == 2  # never reset
 
 
+def test_listeners_hear_each_timing_as_it_happens(make_pool, caplog):
+    heard: list[tuple[str, float]] = []
+    pool, _ = make_pool(delay=0.03, min_size=1, max_size=1, validate_after=0)
+
+    def failing(kind: str, seconds: float) -> None:
+        raise RuntimeError("a broken exporter")
+
+    pool.add_listener(lambda kind, seconds: heard.append((kind, seconds)))
+    pool.add_listener(failing)
+    pool.wait()
+    conn = pool.getconn()  # checked (validate_after=0): the slow path
+    results: list[Any] = []
+    waiter = start_getter(pool, results)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    time.sleep(0.06)
+    pool.putconn(conn)
+    waiter.join()
+    pool.park(results[0])
+    kinds = [kind for kind, _ in heard]
+    assert kinds == ["connect", "wait", "use", "wait", "use"], heard
+    connect, first_wait, first_use, second_wait, second_use = (s for _, s in heard)
+    assert connect >= 0.025 and first_wait < 0.05 and first_use >= 0.05
+    assert second_wait >= 0.05 and second_use < first_use
+    assert "timing listener" in caplog.text and "a broken exporter" in caplog.text
+    pool.remove_listener(failing)
+    caplog.clear()
+    pool.putconn(pool.getconn())  # the fast path tells too
+    assert [kind for kind, _ in heard[-2:]] == ["wait", "use"]
+    assert "timing listener" not in caplog.text
+
+
+def test_timeouts_are_counted_apart_from_other_refusals(make_pool):
+    pool, _ = make_pool(min_size=1, max_size=1, max_waiting=1)
+    pool.wait()
+    held = pool.getconn()
+    with pytest.raises(PoolTimeout):
+        pool.getconn(timeout=0.05)
+    results: list[Any] = []
+    waiter = start_getter(pool, results, timeout=0.5)
+    wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    with pytest.raises(TooManyRequests):
+        pool.getconn(timeout=0.05)
+    pool.putconn(held)
+    waiter.join()
+    stats = pool.get_stats()
+    assert stats["requests_timeouts"] == 1 and stats["requests_errors"] == 2
+
+
 def test_discarded_connection_is_replaced_without_counting_as_bad(make_pool):
     pool, _ = make_pool(min_size=1)
     pool.wait()

@@ -283,6 +283,9 @@ class Pool:
         # Usage times not yet in _usage_histogram: the return path appends, which
         # touches far less memory than a bisection; see _usage_locked().
         self._usage_pending: list[float] = []
+        # Called with each timing as it happens (see add_listener); a tuple,
+        # replaced whole, so the hot paths read it without the lock.
+        self._listeners: tuple[Callable[[str, float], None], ...] = ()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -291,6 +294,7 @@ class Pool:
         # requests_wait_ms and usage_ms: the histograms' sums since the last pop_stats().
         self._requests_wait_since = self._wait_histogram.total
         self._requests_errors = 0
+        self._requests_timeouts = 0
         self._usage_since = self._usage_locked().total
         self._returns_bad = 0
         self._connections_num = 0
@@ -349,6 +353,8 @@ class Pool:
                 self._watch_owners()
             if self.leak_threshold is not None:
                 _note_taker(slot)
+            if self._listeners:
+                self._tell("wait", monotonic() - start)
             return slot.conn
         return self._getconn_checked(slot, start, timeout, owner)
 
@@ -409,7 +415,7 @@ class Pool:
                 elif now < slot.expires_at and slot.generation == self._generation:
                     last_ok = slot.last_ok
                     if last_ok >= now - self._validate_window and last_ok >= self._distrust_before:
-                        return self._lend(slot, owner)
+                        return self._lend(slot, owner, start)
                     pinging = True
                     try:
                         self._ping_by(slot.conn, deadline)
@@ -422,7 +428,7 @@ class Pool:
                         self._drop_lent(slot, lost=True, recorded=recorded)
                     else:
                         slot.last_ok = monotonic()
-                        return self._lend(slot, owner)
+                        return self._lend(slot, owner, start)
                     pinging = False
                 else:
                     self._drop_lent(slot, lost=False, recorded=recorded)
@@ -461,15 +467,18 @@ class Pool:
     def _time_out(self, start: float) -> None:
         with self._lock:
             self._requests_errors += 1
+            self._requests_timeouts += 1
             raise PoolTimeout(self._timeout_message_locked(monotonic() - start))
 
-    def _lend(self, slot: _Slot, owner: threading.Thread | None) -> Any:
+    def _lend(self, slot: _Slot, owner: threading.Thread | None, start: float) -> Any:
         """The end of _getconn_checked: the checked slot goes to its borrower."""
         slot.owner = owner
         if owner is not None and not self._watching_owners:
             self._watch_owners()
         if self.leak_threshold is not None:
             _note_taker(slot, 4)
+        if self._listeners:
+            self._tell("wait", monotonic() - start)
         return slot.conn
 
     def _enqueue_locked(self, start: float, requests: int) -> _Waiter:
@@ -518,6 +527,7 @@ class Pool:
                 if waiter.slot is None and waiter.error is None:
                     self._waiters.remove(waiter)
                     self._requests_errors += 1
+                    self._requests_timeouts += 1
                     raise PoolTimeout(self._timeout_message_locked(monotonic() - start))
         if waiter.error is not None:
             raise waiter.error
@@ -577,6 +587,8 @@ class Pool:
             state = self._adapter.state(conn)  # type: ignore[union-attr]
             good = (state == IDLE and self._reset is None) or self._restore(conn, state)
         now = monotonic()
+        if self._listeners:
+            self._tell("use", now - slot.lent_at)
         with self._lock:
             del self._lent[key]
             if self._parked:  # given back after a park, without unpark()
@@ -665,7 +677,7 @@ class Pool:
             now = monotonic()
             with self._lock:
                 slot = self._lent.get(key)
-                if (
+                parked = (
                     slot is not None
                     and key not in self._parked
                     and now < slot.expires_at
@@ -674,11 +686,13 @@ class Pool:
                     and not self._closed
                     and self._park_limit > 0
                     and slot.lent_at >= self._distrust_before  # else checked (see putconn)
-                ):
+                )
+                if parked:
+                    assert slot is not None
                     if self._waiters and self.reported_settings_changed(conn):
                         return False
                     slot.owner = None
-                    self._count_usage_locked(slot, now)
+                    usage = self._count_usage_locked(slot, now)
                     slot.last_ok = now
                     if self._waiters:
                         del self._lent[key]
@@ -687,7 +701,10 @@ class Pool:
                         self._parked[key] = slot
                         if self._maintenance_due > now + 2 * self._park_limit:
                             self._changed.notify_all()  # plan the move to idle
-                    return True
+            if parked:
+                if self._listeners:
+                    self._tell("use", usage)
+                return True
         self.putconn(conn)
         return True
 
@@ -956,6 +973,8 @@ class Pool:
             self._connect_failed(exc, started, round_)
             return None
         now = monotonic()
+        if self._listeners:
+            self._tell("connect", now - started)
         lifetime = self.max_lifetime * (1 - _LIFETIME_JITTER * random.random())
         return _Slot(conn, now, now + lifetime, generation), now - started
 
@@ -1308,6 +1327,32 @@ class Pool:
             self._reset_counters()
             return stats
 
+    def add_listener(self, listener: Callable[[str, float], None]) -> None:
+        """Call ``listener(kind, seconds)`` for each timing from now on, as it happens.
+
+        The kinds: ``"wait"`` (a checkout, from the call to the connection in
+        hand: 0 or near it when one was idle), ``"use"`` (from checkout to
+        return or park) and ``"connect"`` (opening a connection, with the
+        ``configure`` hook). For exporters whose histograms must see each
+        value (OpenTelemetry; Prometheus in multiprocess mode): it runs in
+        the borrowing or connecting thread, never under the pool's lock, and
+        must be quick. What it raises is logged and dropped.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: Callable[[str, float], None]) -> None:
+        """Stop calling ``listener``; nothing if it was not added."""
+        with self._lock:
+            self._listeners = tuple(known for known in self._listeners if known != listener)
+
+    def _tell(self, kind: str, seconds: float) -> None:
+        for listener in self._listeners:
+            try:
+                listener(kind, seconds)
+            except Exception:
+                logger.exception("pool %r: timing listener %r failed", self.name, listener)
+
     def get_histograms(self) -> dict[str, HistogramSnapshot]:
         """Distributions of ``wait`` (until a connection is handed over) and
         ``usage`` (until it is returned) times, in seconds, since the pool
@@ -1340,6 +1385,7 @@ class Pool:
                 (self._wait_histogram.total - self._requests_wait_since) * 1000
             ),
             "requests_errors": self._requests_errors,
+            "requests_timeouts": self._requests_timeouts,
             "usage_ms": round((self._usage_locked().total - self._usage_since) * 1000),
             "returns_bad": self._returns_bad,
             "connections_num": self._connections_num,
