@@ -17,7 +17,7 @@ from django.db import connections, transaction
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
-from django_pool.backends import close_pools, get_pool
+from django_pool.backends import active_pools, close_pools, get_pool, when_pool_made
 from django_pool.threads import PooledThreadPoolExecutor, returns_connections
 from tests.databases import ALIASES, BOUNCER_ALIASES, django_db
 from tests.djangoapp.models import Item
@@ -413,3 +413,20 @@ def test_connections_the_pool_opens_have_a_connect_timeout_by_default():
     # psycopg 3, psycopg2
     parameters = info.get_parameters() if hasattr(info, "get_parameters") else info.dsn_parameters
     assert parameters["connect_timeout"] == str(DEFAULT_CONNECT_TIMEOUT)
+
+
+def test_when_pool_made_hooks_see_every_pool_once():
+    Item.objects.count()  # the default alias's pool exists
+    seen: list[tuple[str, Any]] = []
+
+    def hook(alias: str, pool: Any) -> None:
+        seen.append((alias, pool))
+
+    when_pool_made(hook)
+    when_pool_made(hook)  # once is enough
+    assert seen == [(alias, pool) for alias, pool in active_pools().items()]
+    seen.clear()
+    connections["default"].close()
+    close_pools("default")
+    Item.objects.count()
+    assert seen == [("default", get_pool("default"))]

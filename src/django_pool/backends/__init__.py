@@ -7,7 +7,7 @@ is switched on by ``OPTIONS["pool"]``, as for Django's built-in pool.
 """
 
 from .errors import PoolClosedError, PoolTimeoutError, TooManyRequestsError
-from .pools import active_pools, close_pools, get_pool, get_stats
+from .pools import active_pools, close_pools, get_pool, get_stats, when_pool_made
 
 __all__ = [
     "PoolClosedError",
@@ -17,4 +17,5 @@ __all__ = [
     "close_pools",
     "get_pool",
     "get_stats",
+    "when_pool_made",
 ]

@@ -90,6 +90,8 @@ class PoolEntry:
 
 _entries: dict[str, PoolEntry] = {}
 _lock = threading.Lock()
+# Called with (alias, pool) for each pool made (see when_pool_made).
+_made_hooks: list[Callable[[str, Pool], None]] = []
 
 
 def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
@@ -115,6 +117,8 @@ def entry_for(wrapper: PooledWrapperMixin) -> PoolEntry:
             replaced = entry
             entry = _new_entry(wrapper, key)
             _entries[wrapper.alias] = entry
+            for hook in _made_hooks:
+                hook(wrapper.alias, entry.pool)
     if replaced is not None:
         replaced.closed = True
         replaced.pool.close(timeout=0)
@@ -193,6 +197,21 @@ def _new_entry(wrapper: PooledWrapperMixin, key: dict[str, Any]) -> PoolEntry:
         pool.timeout,
     )
     return PoolEntry(key, pool, set_up, wrapper_state)
+
+
+def when_pool_made(hook: Callable[[str, Pool], None]) -> None:
+    """Call ``hook(alias, pool)`` for every pool of this process: those made already, now,
+    and each one made later (at an alias's first query, or replacing one), before
+    it lends anything. For exporters (see :mod:`django_pool.contrib`). A hook
+    added twice is called once. It runs under the lock that makes pools, once
+    per pool: it must be quick, and must not query or make a pool.
+    """
+    with _lock:
+        if hook in _made_hooks:
+            return
+        _made_hooks.append(hook)
+        for alias, entry in _entries.items():
+            hook(alias, entry.pool)
 
 
 def get_pool(alias: str = "default") -> Pool | None:
