@@ -78,18 +78,26 @@ def leave_state_on_every_server_session(bouncer: Any) -> None:
             client.execute(f"CREATE TEMP TABLE others_{number} (x int)")
 
 
-def others_state(bouncer: Any) -> dict[str, Any]:
+def advisory_locks_held(*keys: int) -> int:
+    """Advisory locks on ``keys`` held by any session of the server."""
     with direct() as conn:
-        locks = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = ANY(%s)",
-            [list(ADVISORY_KEYS)],
-        ).fetchone()
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = ANY(%s)",
+                [list(keys)],
+            ).fetchone()[0]
+        )
+
+
+def others_state(bouncer: Any) -> dict[str, Any]:
+    locks = advisory_locks_held(*ADVISORY_KEYS)
+    with direct() as conn:
         tables = conn.execute(
             "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relname LIKE 'others_%'"
         ).fetchone()
     with every_server_session(bouncer) as clients:
         timeouts = [client.execute("SHOW statement_timeout").fetchone()[0] for client in clients]
-    return {"advisory locks": locks[0], "temp tables": tables[0], "timeouts": timeouts}
+    return {"advisory locks": locks, "temp tables": tables[0], "timeouts": timeouts}
 
 
 @pytest.fixture
@@ -189,10 +197,7 @@ def test_session_state_is_refused_before_it_is_sent(bouncers, sql, kind, instead
     assert bouncer.queries(database) == before, "the refused statement was sent"
     assert Item.objects.using("bouncer_transaction").count() == 0  # the connection goes on
     end_request("bouncer_transaction")
-    with direct() as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 731003"
-        ).fetchone() == (0,)
+    assert advisory_locks_held(731003) == 0
 
 
 def test_what_ends_with_the_transaction_is_allowed(bouncers):
@@ -213,10 +218,7 @@ def test_what_ends_with_the_transaction_is_allowed(bouncers):
                 "",
             )
             assert client.execute("SHOW search_path").fetchone()[0] == '"$user", public'
-    with direct() as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 731004"
-        ).fetchone() == (0,)
+    assert advisory_locks_held(731004) == 0
 
 
 def test_session_mode_resets_sessions_as_without_a_pooler(bouncers):
@@ -232,10 +234,7 @@ def test_session_mode_resets_sessions_as_without_a_pooler(bouncers):
             cursor.execute("SHOW search_path")
             assert cursor.fetchone()[0] == '"$user", public'
         end_request(alias)
-    with direct() as conn:
-        assert conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 731005"
-        ).fetchone() == (0,)
+    assert advisory_locks_held(731005) == 0
 
 
 def prepared_wrapper(prepare_threshold: Any = "default") -> Any:
