@@ -38,7 +38,7 @@ What is checked, whatever the interleaving:
   (pool_size == idle + in_use == open fake connections, min_size <= pool_size
   <= max_size) and a request is served; after close() every connection and
   every pool thread is gone;
-* at every step and from the threads, the locking invariant of pool.py's
+* at every step and from the threads, the locking invariant of engine/pool.py's
   docstring, read under the pool's lock (Checker.check_engine).
 """
 
@@ -187,7 +187,7 @@ class Checker:
                 self.fail(f"{conn} lent to {holder} after a drain, but opened before it")
 
     def check_engine(self) -> None:
-        """Check the locking invariant of pool.py's docstring, under the pool's lock.
+        """Check the locking invariant of engine/pool.py's docstring, under the pool's lock.
 
         The one white-box check here: it sees the pool between two critical
         sections, which no public call can. Called at every step and from the

@@ -7,8 +7,8 @@ Django database backends live in :mod:`django_pool.backends`.
 from typing import Any
 
 from .adapters import Adapter, adapter_for
+from .engine import Pool
 from .errors import ConnectionFailed, PoolClosed, PoolError, PoolTimeout, TooManyRequests
-from .pool import Pool
 
 
 def get_stats(alias: str | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from ..pool import Pool
+from ..engine import Pool
 from . import server_pooling as server_pooling_rules
 
 #: Engine options a user may set, with their defaults (the engine's).

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 
-from ..pool import Pool
+from ..engine import Pool
 from ..session import DIALECTS, Change
 from . import server_pooling
 

@@ -21,7 +21,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .adapters import Adapter
+    from ..adapters import Adapter
     from .pool import Pool
 
 logger = logging.getLogger("django_pool")

@@ -7,7 +7,7 @@ bookkeeping only, never across I/O or a thread start, so nobody waits on it for
 more than a few microseconds. The invariant it protects:
 
 * every open connection the pool manages is counted in ``_nconns`` and its
-  :class:`_Slot` is in exactly one of ``_idle`` (ready to lend) and ``_lent``
+  :class:`~.slots.Slot` is in exactly one of ``_idle`` (ready to lend) and ``_lent``
   (with a caller, or with the thread checking it before lending or resetting it
   on its way back);
 * ``_parked`` holds the lent slots given back with :meth:`Pool.park`: lent to
@@ -22,9 +22,10 @@ more than a few microseconds. The invariant it protects:
 * a waiter leaves ``_waiters`` exactly once: handed a slot (already in
   ``_lent``), handed an error, or removed by itself when it gives up.
 
-Connections are opened by short-lived connector threads, never by the caller:
-a request that finds nothing idle queues and is served by whichever comes
-first, a returned connection or a new one.
+This module holds the checkout flow (lending, returning, parking) and the
+pool's life cycle; the rest is mixed in, each concern in its module, all
+under the same lock: :mod:`.growth` (opening connections), :mod:`.maintenance`
+(the background thread), :mod:`.stats` (counters, histograms, listeners).
 """
 
 from __future__ import annotations
@@ -32,97 +33,35 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
-import sys
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from time import monotonic
-from types import CodeType
 from typing import Any
 
+from ..adapters import BROKEN, IDLE, IN_TRANSACTION, Adapter
+from ..errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
 from . import fork, watchdog
-from .adapters import BROKEN, IDLE, IN_TRANSACTION, Adapter, adapter_for
-from .errors import ConnectionFailed, PoolClosed, PoolTimeout, TooManyRequests
-from .histogram import Histogram, HistogramSnapshot
-from .redact import redact
+from .arguments import check_int, check_number, check_sizes
+from .growth import Growth, ewma
+from .histogram import Histogram
+from .maintenance import Maintenance
+from .slots import Slot, Waiter, note_taker
+from .stats import Stats
 
 logger = logging.getLogger("django_pool")
 
-# Reconnection back-off: first retry after about this long, doubling up to the cap.
-_BACKOFF_FIRST = 0.5
-_BACKOFF_MAX = 10.0
-# Lifetimes are shortened by up to this fraction, so connections opened together
-# (at start-up, after a restart) do not all expire together.
-_LIFETIME_JITTER = 0.05
 # Returns whose usage time is observed in one batch (see Pool.putconn).
 _USAGE_BATCH = 256
-# Weight of the newest sample in the moving averages of connect and usage time.
-_EWMA_WEIGHT = 0.2
-# How often the maintenance thread looks for connections whose owner thread
-# ended while they were lent (see getconn's ``owner``).
-_OWNER_CHECK_INTERVAL = 1.0
 # The longest a connection stays parked (see Pool.park) before it becomes an
 # ordinary idle one; never longer than validate_after.
 _PARK_LIMIT = 1.0
 
-# The largest time option accepted, in seconds (over three years): beyond it
-# deadlines lose precision or overflow what the thread waits accept.
-_MAX_SECONDS = 1e8
-# While requests wait for a connection the server refused, the next attempt
-# comes at most this long after the last one, whatever the back-off says: the
-# server being back is noticed within it.
-_RETRY_WHILE_WAITING = 0.5
-
 _pool_numbers = iter(range(1, 1 << 62))
 
 
-class _Slot:
-    """A connection plus what the pool remembers about it."""
-
-    __slots__ = (
-        "conn",
-        "expires_at",
-        "generation",
-        "last_ok",
-        "leak_reported",
-        "lent_at",
-        "owner",
-        "taken_by",
-    )
-
-    def __init__(self, conn: Any, now: float, expires_at: float, generation: int) -> None:
-        self.conn = conn
-        self.expires_at = expires_at
-        self.generation = generation
-        # Last moment the connection was known good: opened, pinged or cleanly
-        # returned. While the slot is idle, that is also when it became idle.
-        self.last_ok = now
-        self.lent_at = now
-        # Leak detection: where the borrower took it, and whether it was reported.
-        self.taken_by: list[tuple[CodeType, int]] | None = None
-        self.leak_reported = False
-        # The thread the borrower runs in, when it said so (getconn's owner).
-        self.owner: threading.Thread | None = None
-
-
-class _Waiter:
-    """A queued ``getconn``: woken by whoever hands it a slot or an error."""
-
-    __slots__ = ("error", "ready", "since", "slot")
-
-    def __init__(self, since: float) -> None:
-        self.since = since
-        self.slot: _Slot | None = None
-        self.error: Exception | None = None
-        # A plain lock used as a one-shot signal: cheaper than an Event.
-        self.ready = threading.Lock()
-        self.ready.acquire()
-
-
-class Pool:
+class Pool(Growth, Maintenance, Stats):
     """A pool of connections made by ``connect``, lent one caller at a time.
 
     :param connect: zero-argument callable returning a new DB-API connection.
@@ -186,17 +125,17 @@ class Pool:
         open: bool = True,
     ) -> None:
         max_size = min_size if max_size is None else max_size
-        _check_sizes(min_size, max_size)
-        _check_number("timeout", timeout, minimum=0)
-        _check_number("max_lifetime", max_lifetime, minimum=0, strict=True)
-        _check_number("max_idle", max_idle, minimum=0, strict=True)
-        _check_number("reconnect_timeout", reconnect_timeout, minimum=0)
+        check_sizes(min_size, max_size)
+        check_number("timeout", timeout, minimum=0)
+        check_number("max_lifetime", max_lifetime, minimum=0, strict=True)
+        check_number("max_idle", max_idle, minimum=0, strict=True)
+        check_number("reconnect_timeout", reconnect_timeout, minimum=0)
         if validate_after is not None:
-            _check_number("validate_after", validate_after, minimum=0)
-        _check_int("max_waiting", max_waiting, minimum=0)
-        _check_int("num_workers", num_workers, minimum=1)
+            check_number("validate_after", validate_after, minimum=0)
+        check_int("max_waiting", max_waiting, minimum=0)
+        check_int("num_workers", num_workers, minimum=1)
         if leak_threshold is not None:
-            _check_number("leak_threshold", leak_threshold, minimum=0, strict=True)
+            check_number("leak_threshold", leak_threshold, minimum=0, strict=True)
         if not callable(connect):
             raise TypeError(f"connect must be a callable returning a connection, got {connect!r}")
 
@@ -242,10 +181,10 @@ class Pool:
         # nothing, once it is not the current one: under gevent they are
         # greenlets, and greenlets survive os.fork() into the child.
         self._life = object()
-        self._idle: deque[_Slot] = deque()
-        self._lent: dict[int, _Slot] = {}
-        self._parked: dict[int, _Slot] = {}
-        self._waiters: deque[_Waiter] = deque()
+        self._idle: deque[Slot] = deque()
+        self._lent: dict[int, Slot] = {}
+        self._parked: dict[int, Slot] = {}
+        self._waiters: deque[Waiter] = deque()
         self._nconns = 0
         self._connecting = 0
         self._opened = False
@@ -288,22 +227,6 @@ class Pool:
         self._listeners: tuple[Callable[[str, float], None], ...] = ()
         self._reset_counters()
 
-    def _reset_counters(self) -> None:
-        self._requests_num = 0
-        self._requests_queued = 0
-        # requests_wait_ms and usage_ms: the histograms' sums since the last pop_stats().
-        self._requests_wait_since = self._wait_histogram.total
-        self._requests_errors = 0
-        self._requests_timeouts = 0
-        self._usage_since = self._usage_locked().total
-        self._returns_bad = 0
-        self._connections_num = 0
-        self._connections_time = 0.0
-        self._connections_errors = 0
-        self._connections_lost = 0
-        self._leaks_detected = 0
-        self._connections_reclaimed = 0
-
     def __repr__(self) -> str:
         driver = self._adapter.name if self._adapter else "?"
         state = "closed" if self._closed else "open" if self._opened else "not open"
@@ -332,7 +255,7 @@ class Pool:
         handed to another thread.
         """
         start = monotonic()
-        slot: _Slot | None = None
+        slot: Slot | None = None
         with self._lock:
             self._requests_num += 1
             if self._idle:  # idle connections exist only while the pool is open
@@ -352,7 +275,7 @@ class Pool:
             if owner is not None and not self._watching_owners:
                 self._watch_owners()
             if self.leak_threshold is not None:
-                _note_taker(slot)
+                note_taker(slot)
             if self._listeners:
                 self._tell("wait", monotonic() - start)
             return slot.conn
@@ -365,7 +288,7 @@ class Pool:
 
     def _getconn_checked(
         self,
-        slot: _Slot | None,
+        slot: Slot | None,
         start: float,
         timeout: float | None,
         owner: threading.Thread | None,
@@ -470,18 +393,18 @@ class Pool:
             self._requests_timeouts += 1
             raise PoolTimeout(self._timeout_message_locked(monotonic() - start))
 
-    def _lend(self, slot: _Slot, owner: threading.Thread | None, start: float) -> Any:
+    def _lend(self, slot: Slot, owner: threading.Thread | None, start: float) -> Any:
         """The end of _getconn_checked: the checked slot goes to its borrower."""
         slot.owner = owner
         if owner is not None and not self._watching_owners:
             self._watch_owners()
         if self.leak_threshold is not None:
-            _note_taker(slot, 4)
+            note_taker(slot, 4)
         if self._listeners:
             self._tell("wait", monotonic() - start)
         return slot.conn
 
-    def _enqueue_locked(self, start: float, requests: int) -> _Waiter:
+    def _enqueue_locked(self, start: float, requests: int) -> Waiter:
         """Queue a request that found nothing idle, and start whatever threads it needs."""
         if self._closed or not self._opened:
             state = "closed" if self._closed else "not open"
@@ -492,7 +415,7 @@ class Pool:
                 f"pool {self.name!r}: {len(self._waiters)} requests already waiting "
                 f"(max_waiting={self.max_waiting})"
             )
-        waiter = _Waiter(start)
+        waiter = Waiter(start)
         self._waiters.append(waiter)
         self._requests_queued += requests
         if self._failures:
@@ -509,7 +432,7 @@ class Pool:
                 self._lock.acquire()
         return waiter
 
-    def _wait_for(self, waiter: _Waiter, deadline: float, start: float) -> _Slot:
+    def _wait_for(self, waiter: Waiter, deadline: float, start: float) -> Slot:
         try:
             got = self._wait_ready(waiter, deadline)
         except BaseException:
@@ -534,7 +457,7 @@ class Pool:
         assert waiter.slot is not None
         return waiter.slot
 
-    def _wait_ready(self, waiter: _Waiter, deadline: float) -> bool:
+    def _wait_ready(self, waiter: Waiter, deadline: float) -> bool:
         """Block until ``waiter`` is served or the deadline passes; True if served."""
         # Growth is throttled by an estimate (see _connectors_wanted_locked). If
         # nothing came within about one connect time, the estimate was wrong:
@@ -615,7 +538,7 @@ class Pool:
                 # connection from before that moment would be.
                 if self._waiters:
                     # Usage steers growth only while requests queue: sampled then.
-                    self._usage_avg = _ewma(self._usage_avg, usage)
+                    self._usage_avg = ewma(self._usage_avg, usage)
                     self._hand_over_locked(slot, now)
                 else:
                     self._idle.append(slot)
@@ -632,7 +555,7 @@ class Pool:
         self._close_quietly(conn)
         self._start_threads(spawn, False)
 
-    def _count_usage_locked(self, slot: _Slot, now: float) -> float:
+    def _count_usage_locked(self, slot: Slot, now: float) -> float:
         """Note how long ``slot`` was used, now that it comes back."""
         usage = now - slot.lent_at
         usage_pending = self._usage_pending
@@ -739,7 +662,7 @@ class Pool:
         self._drop_lent(slot, lost=False, recorded=None)
         return False
 
-    def _unpark_to_idle_locked(self, slot: _Slot) -> None:
+    def _unpark_to_idle_locked(self, slot: Slot) -> None:
         """Make a parked slot (popped from ``_parked``) an ordinary idle one."""
         del self._lent[id(slot.conn)]
         # The idle stack is ordered by last_ok, newest on top.
@@ -819,7 +742,7 @@ class Pool:
         finally:
             self.putconn(conn)
 
-    def _hand_over_locked(self, slot: _Slot, now: float) -> None:
+    def _hand_over_locked(self, slot: Slot, now: float) -> None:
         """Give ``slot`` to the oldest waiter, else put it on top of the idle stack."""
         if self._waiters:
             waiter = self._waiters.popleft()
@@ -831,7 +754,7 @@ class Pool:
         else:
             self._idle.append(slot)
 
-    def _drop_lent(self, slot: _Slot, lost: bool, recorded: float | None) -> None:
+    def _drop_lent(self, slot: Slot, lost: bool, recorded: float | None) -> None:
         """Close a connection taken by getconn but found unfit to lend."""
         with self._lock:
             # getconn goes on waiting: its wait is recorded when it is served.
@@ -845,334 +768,6 @@ class Pool:
             spawn = self._connectors_to_start_locked()
         self._close_quietly(slot.conn)
         self._start_threads(spawn, False)
-
-    # -- opening connections ---------------------------------------------------------
-
-    def _connectors_wanted_locked(self) -> int:
-        """How many connect attempts should be under way now."""
-        if self._closed or not self._opened:
-            return 0
-        nconns = self._nconns
-        want = 0 if self._gave_up else self.min_size - nconns
-        waiting = len(self._waiters)
-        if waiting:
-            if nconns and self._usage_avg and self._connect_avg:
-                oldest_wait = monotonic() - self._waiters[0].since
-                if oldest_wait < 2 * self._connect_avg:
-                    # The open connections will serve the queue in about
-                    # waiting * usage / nconns seconds; open only as many more
-                    # as could arrive in time to shorten that.
-                    useful = math.ceil(waiting * self._usage_avg / self._connect_avg) - nconns
-                    waiting = min(waiting, useful)
-            want = max(want, waiting)
-        # While connecting fails, one attempt at a time probes the server.
-        workers = 1 if self._failures else self.num_workers
-        return max(0, min(want, self.max_size - nconns, workers))
-
-    def _connectors_to_start_locked(self) -> int:
-        """Count new connector threads in ``_connecting``; the caller starts them."""
-        missing = self._connectors_wanted_locked() - self._connecting
-        if missing <= 0:
-            return 0
-        self._connecting += missing
-        return missing
-
-    def _start_threads(self, connectors: int, maintenance: bool) -> None:
-        life = self._life
-        for _ in range(connectors):
-            threading.Thread(
-                target=self._run_connector, args=(life,), name=f"{self.name}-connect", daemon=True
-            ).start()
-        if maintenance:
-            threading.Thread(
-                target=self._run_maintenance,
-                args=(life,),
-                name=f"{self.name}-maintenance",
-                daemon=True,
-            ).start()
-
-    def _run_connector(self, life: object) -> None:
-        """Open connections while they are wanted.
-
-        Started already counted in ``_connecting``; the count drops in the same
-        critical section that adds the new connection, so the size invariant
-        holds at every instant.
-        """
-        while True:
-            with self._changed:
-                if self._life is not life:
-                    return
-                delay = self._retry_delay_locked()
-                if delay > 0:
-                    # Woken early by close() and by a request that queues.
-                    self._changed.wait(delay)
-            opened = None if delay > 0 else self._connect_once()
-            discard = None
-            with self._lock:
-                if self._life is not life:  # forked meanwhile: not this process's
-                    if opened is not None:
-                        fork.detach(self._adapter_of(opened[0].conn), opened[0].conn)
-                    return
-                self._connecting -= 1
-                if opened is not None:
-                    slot, elapsed = opened
-                    self._connections_num += 1
-                    self._connections_time += elapsed
-                    self._connect_avg = _ewma(self._connect_avg, elapsed)
-                    self._failures = 0
-                    self._gave_up = False
-                    self._retry_at = 0.0
-                    if (
-                        self._closed
-                        or slot.generation != self._generation
-                        or self._nconns >= self.max_size  # resize() lowered it meanwhile
-                    ):
-                        discard = slot.conn
-                    else:
-                        self._nconns += 1
-                        self._hand_over_locked(slot, slot.last_ok)
-                        self._changed.notify_all()
-                done = self._connecting >= self._connectors_wanted_locked()
-                if not done:
-                    self._connecting += 1
-                elif self._closed:
-                    self._changed.notify_all()  # close() waits for the last connector
-            if discard is not None:
-                self._close_quietly(discard)
-            if done:
-                return
-
-    def _retry_delay_locked(self) -> float:
-        """Seconds until the next connect attempt may start (the back-off after failures).
-
-        The back-off grows to spare a server that is down; while requests
-        wait, an attempt is made at least every ``_RETRY_WHILE_WAITING``, so
-        they are served as soon as it is back.
-        """
-        retry_at = self._retry_at
-        if self._waiters:
-            retry_at = min(retry_at, self._failed_at + _RETRY_WHILE_WAITING)
-        return retry_at - monotonic()
-
-    def _connect_once(self) -> tuple[_Slot, float] | None:
-        """One attempt: the new slot and how long it took, or None on failure."""
-        started = monotonic()
-        conn = None
-        generation, round_ = self._generation, self._failures
-        try:
-            conn = self._connect()
-            if self._adapter is None:
-                self._adapter = adapter_for(conn)
-            if self._configure is not None:
-                self._configure(conn)
-            if self._reported_baseline is None:
-                self._reported_baseline = self._adapter.reported_settings(conn)
-        except Exception as exc:
-            if conn is not None:
-                self._close_quietly(conn)
-            self._connect_failed(exc, started, round_)
-            return None
-        now = monotonic()
-        if self._listeners:
-            self._tell("connect", now - started)
-        lifetime = self.max_lifetime * (1 - _LIFETIME_JITTER * random.random())
-        return _Slot(conn, now, now + lifetime, generation), now - started
-
-    def _connect_failed(self, exc: BaseException, started: float, round_: int) -> None:
-        cause = self._redact(f"{type(exc).__name__}: {exc}".strip())
-        now = monotonic()
-        with self._lock:
-            self._connections_errors += 1
-            self._failures_total += 1
-            if not self._failures:
-                self._failing_since = started
-            # Attempts started in the same round (before any of them failed)
-            # count once: only a new round lengthens the back-off.
-            if round_ == self._failures:
-                self._failures += 1
-                delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** (self._failures - 1))
-                self._retry_at = now + delay * random.uniform(0.5, 1.5)
-            self._failed_at = now
-            self._last_error = cause
-            gave_up = not self._gave_up and now - self._failing_since >= self.reconnect_timeout
-            self._gave_up = self._gave_up or gave_up
-            failures = self._failures
-            self._changed.notify_all()
-        if gave_up:
-            logger.error(
-                "pool %r: connecting has failed for %.0f s; no longer refilling in the "
-                "background until a request asks: %s",
-                self.name,
-                now - self._failing_since,
-                cause,
-            )
-        else:
-            logger.warning("pool %r: connection attempt %d failed: %s", self.name, failures, cause)
-
-    # -- maintenance -------------------------------------------------------------------
-
-    def _run_maintenance(self, life: object) -> None:
-        """Close idle connections past ``max_idle`` or their lifetime; keep ``min_size``.
-
-        Also reports connections lent for longer than ``leak_threshold``, and
-        reclaims those whose owner thread ended: after close() too, until no
-        lent connection has an owner (a reclaimed one is then closed).
-        """
-        while True:
-            with self._lock:
-                if self._life is not life or (self._closed and not self._owned_lent_locked()):
-                    return
-                now = monotonic()
-                changed = self._unpark_stale_locked(now)
-                expired = [*changed, *self._take_expired_idle_locked(now)]
-                spawn = self._connectors_to_start_locked()
-                leaks = self._take_leaks_locked(now) if self.leak_threshold is not None else []
-                abandoned = [
-                    slot
-                    for slot in self._lent.values()
-                    if slot.owner is not None and not slot.owner.is_alive()
-                ]
-            for slot in expired:
-                self._close_quietly(slot.conn)
-            self._start_threads(spawn, False)
-            for slot in abandoned:
-                self._reclaim_abandoned(slot)
-            for held, stack in leaks:
-                logger.warning(
-                    "pool %r: a connection has been in use for %.1f s (leak_threshold=%g s); "
-                    "it was taken at:\n%s",
-                    self.name,
-                    held,
-                    self.leak_threshold,
-                    stack,
-                )
-            with self._changed:
-                if self._life is not life or (self._closed and not self._owned_lent_locked()):
-                    return
-                now = monotonic()
-                self._maintenance_due = self._next_maintenance_locked(now)
-                # Woken early by close(), new connections, or a return whose
-                # lifetime ends before the planned time (see putconn).
-                self._changed.wait(max(0.01, self._maintenance_due - now))
-
-    def _owned_lent_locked(self) -> bool:
-        return self._watching_owners and any(s.owner is not None for s in self._lent.values())
-
-    def _reclaim_abandoned(self, slot: _Slot) -> None:
-        """Take back a connection whose owner thread ended without returning it."""
-        conn = slot.conn
-        with self._lock:
-            owner = slot.owner
-            # Returned (or lent again) since it was found: nothing to reclaim.
-            if self._lent.get(id(conn)) is not slot or owner is None or owner.is_alive():
-                return
-            slot.owner = None
-        logger.warning(
-            "pool %r: a connection lent %.1f s ago to thread %r, which ended without "
-            "giving it back, was reclaimed. It was taken at:\n%s",
-            self.name,
-            monotonic() - slot.lent_at,
-            owner.name if owner is not None else "?",
-            _format_stack(slot.taken_by)
-            if slot.taken_by
-            else "  (unknown: set leak_threshold to record where connections are taken)\n",
-        )
-        keep = True
-        if self._reclaim is not None:
-            try:
-                # Rolled back first: the hook may run statements.
-                state = self._adapter_of(conn).state(conn)
-                keep = self._restore(conn, state) and bool(self._reclaim(conn))
-            except Exception as exc:
-                logger.info(
-                    "pool %r: a reclaimed connection could not be reset: %s",
-                    self.name,
-                    self._redact(str(exc)),
-                )
-                keep = False
-        with self._lock:
-            self._connections_reclaimed += 1
-        self.putconn(conn, discard=not keep)
-
-    def _unpark_stale_locked(self, now: float) -> list[_Slot]:
-        """Parked connections nobody took back within ``_park_limit`` become idle ones.
-
-        Those whose reported settings changed (see park()) are returned
-        instead, no longer counted, for the caller to close.
-        """
-        changed = []
-        for key, slot in list(self._parked.items()):
-            if now - slot.last_ok >= self._park_limit:
-                del self._parked[key]
-                if self.reported_settings_changed(slot.conn):
-                    del self._lent[key]
-                    self._nconns -= 1
-                    changed.append(slot)
-                else:
-                    self._unpark_to_idle_locked(slot)
-        return changed
-
-    def _take_idle_locked(self) -> list[_Slot]:
-        """Empty ``_idle`` and ``_parked`` (close(), drain()): their slots, no longer counted."""
-        slots = [*self._idle, *self._parked.values()]
-        for key in self._parked:
-            del self._lent[key]
-        self._idle.clear()
-        self._parked.clear()
-        self._nconns -= len(slots)
-        return slots
-
-    def _take_expired_idle_locked(self, now: float) -> list[_Slot]:
-        expired = [
-            s for s in self._idle if now >= s.expires_at or s.generation != self._generation
-        ]
-        if expired:
-            gone = {id(s) for s in expired}
-            self._idle = deque(s for s in self._idle if id(s) not in gone)
-        # The bottom of the stack has been idle longest.
-        while (
-            self._idle
-            and self._nconns - len(expired) > self.min_size
-            and now - self._idle[0].last_ok >= self.max_idle
-        ):
-            expired.append(self._idle.popleft())
-        self._nconns -= len(expired)
-        if expired:
-            self._changed.notify_all()
-        return expired
-
-    def _take_leaks_locked(self, now: float) -> list[tuple[float, str]]:
-        """Lent connections newly past ``leak_threshold``: (held seconds, stack)."""
-        threshold = self.leak_threshold
-        assert threshold is not None
-        leaks = []
-        for key, slot in self._lent.items():
-            if key in self._parked or slot.leak_reported:
-                continue
-            if now - slot.lent_at >= threshold:
-                slot.leak_reported = True
-                leaks.append((now - slot.lent_at, _format_stack(slot.taken_by)))
-        self._leaks_detected += len(leaks)
-        return leaks
-
-    def _next_maintenance_locked(self, now: float) -> float:
-        wake_at = now + min(self.max_idle, 60.0)
-        for slot in self._idle:
-            wake_at = min(wake_at, slot.expires_at)
-        if self._idle and self._nconns > self.min_size:
-            wake_at = min(wake_at, self._idle[0].last_ok + self.max_idle)
-        if self._watching_owners:
-            wake_at = min(wake_at, now + _OWNER_CHECK_INTERVAL)
-        for slot in self._parked.values():
-            wake_at = min(wake_at, slot.last_ok + self._park_limit)
-        threshold = self.leak_threshold
-        if threshold is not None:
-            # Connections lent later are seen within a quarter of the threshold.
-            wake_at = min(wake_at, now + threshold / 4)
-            for key, slot in self._lent.items():
-                if not slot.leak_reported and key not in self._parked:
-                    wake_at = min(wake_at, slot.lent_at + threshold)
-        return wake_at
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -1255,7 +850,7 @@ class Pool:
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change the sizes; extra idle connections close now, lent ones on return."""
         max_size = min_size if max_size is None else max_size
-        _check_sizes(min_size, max_size)
+        check_sizes(min_size, max_size)
         with self._lock:
             self.min_size, self.max_size = min_size, max_size
             excess = []
@@ -1308,170 +903,3 @@ class Pool:
         self._opened, self._closed, self._adapter = opened, closed, adapter
         if waiting:
             logger.debug("pool %r: %d waiters did not survive fork", self.name, waiting)
-
-    # -- stats ---------------------------------------------------------------------------
-
-    def get_stats(self) -> dict[str, Any]:
-        """Gauges and counters, with psycopg_pool's keys plus a few of our own.
-
-        Times are in milliseconds. ``last_connection_error`` (password removed)
-        is present once a connection attempt has failed.
-        """
-        with self._lock:
-            return self._stats_locked()
-
-    def pop_stats(self) -> dict[str, Any]:
-        """Like :meth:`get_stats`, and reset the counters (not the gauges)."""
-        with self._lock:
-            stats = self._stats_locked()
-            self._reset_counters()
-            return stats
-
-    def add_listener(self, listener: Callable[[str, float], None]) -> None:
-        """Call ``listener(kind, seconds)`` for each timing from now on, as it happens.
-
-        The kinds: ``"wait"`` (a checkout, from the call to the connection in
-        hand: 0 or near it when one was idle), ``"use"`` (from checkout to
-        return or park) and ``"connect"`` (opening a connection, with the
-        ``configure`` hook). For exporters whose histograms must see each
-        value (OpenTelemetry; Prometheus in multiprocess mode): it runs in
-        the borrowing or connecting thread, never under the pool's lock, and
-        must be quick. What it raises is logged and dropped.
-        """
-        with self._lock:
-            self._listeners = (*self._listeners, listener)
-
-    def remove_listener(self, listener: Callable[[str, float], None]) -> None:
-        """Stop calling ``listener``; nothing if it was not added."""
-        with self._lock:
-            self._listeners = tuple(known for known in self._listeners if known != listener)
-
-    def _tell(self, kind: str, seconds: float) -> None:
-        for listener in self._listeners:
-            try:
-                listener(kind, seconds)
-            except Exception:
-                logger.exception("pool %r: timing listener %r failed", self.name, listener)
-
-    def get_histograms(self) -> dict[str, HistogramSnapshot]:
-        """Distributions of ``wait`` (until a connection is handed over) and
-        ``usage`` (until it is returned) times, in seconds, since the pool
-        started in this process. Unlike the counters they are never reset."""
-        with self._lock:
-            return {
-                # Checkouts served (returned or still out) less those with a
-                # recorded wait: the ones served at once, with a zero wait.
-                "wait": self._wait_histogram.snapshot(
-                    zeros=sum(self._usage_locked().counts)
-                    + len(self._lent)
-                    - len(self._parked)
-                    - sum(self._wait_histogram.counts)
-                ),
-                "usage": self._usage_histogram.snapshot(),
-            }
-
-    def _stats_locked(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {
-            "pool_min": self.min_size,
-            "pool_max": self.max_size,
-            "pool_size": self._nconns + self._connecting,
-            "pool_available": len(self._idle) + len(self._parked),
-            "pool_in_use": len(self._lent) - len(self._parked),
-            "connections_opening": self._connecting,
-            "requests_waiting": len(self._waiters),
-            "requests_num": self._requests_num,
-            "requests_queued": self._requests_queued,
-            "requests_wait_ms": round(
-                (self._wait_histogram.total - self._requests_wait_since) * 1000
-            ),
-            "requests_errors": self._requests_errors,
-            "requests_timeouts": self._requests_timeouts,
-            "usage_ms": round((self._usage_locked().total - self._usage_since) * 1000),
-            "returns_bad": self._returns_bad,
-            "connections_num": self._connections_num,
-            "connections_ms": round(self._connections_time * 1000),
-            "connections_errors": self._connections_errors,
-            "connections_lost": self._connections_lost,
-            "leaks_detected": self._leaks_detected,
-            "connections_reclaimed": self._connections_reclaimed,
-        }
-        if self._last_error is not None:
-            stats["last_connection_error"] = self._last_error
-        return stats
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _usage_locked(self) -> Histogram:
-        """The usage histogram, with every return so far observed."""
-        self._usage_histogram.observe_all(self._usage_pending)
-        return self._usage_histogram
-
-    def _adapter_of(self, conn: Any) -> Adapter:
-        if self._adapter is None:
-            self._adapter = adapter_for(conn)
-        return self._adapter
-
-    def _close_quietly(self, conn: Any) -> None:
-        try:
-            self._adapter_of(conn).close(conn)
-        except Exception as exc:
-            logger.debug("pool %r: error closing a connection: %s", self.name, exc)
-
-    def _redact(self, text: str) -> str:
-        return redact(text, self._secrets)
-
-
-def _note_taker(slot: _Slot, depth: int = 2) -> None:
-    """Record who is taking ``slot``: the frames above ``getconn``, as (code, line).
-
-    ``depth`` is how far up the caller of ``getconn`` is from here.
-
-    Cheaper than ``traceback.extract_stack()``, which reads source lines; those
-    are looked up only if a leak is reported.
-    """
-    frame = sys._getframe(depth)
-    stack = []
-    while frame is not None:
-        stack.append((frame.f_code, frame.f_lineno))
-        frame = frame.f_back  # type: ignore[assignment]
-    slot.taken_by = stack
-    slot.leak_reported = False
-
-
-def _format_stack(stack: list[tuple[CodeType, int]] | None) -> str:
-    if not stack:
-        return "  (unknown)\n"
-    frames = [(code.co_filename, line, code.co_name, None) for code, line in reversed(stack)]
-    return "".join(traceback.StackSummary.from_list(frames).format())
-
-
-def _ewma(average: float, sample: float) -> float:
-    """Exponentially weighted moving average; the first sample stands alone."""
-    return average + _EWMA_WEIGHT * (sample - average) if average else sample
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: object, minimum: float, strict: bool = False) -> None:
-    ok = (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        # Also refuses NaN and infinities, and compares ints too large for a float.
-        and -_MAX_SECONDS <= value <= _MAX_SECONDS
-    )
-    if not ok or value < minimum or (strict and value == minimum):  # type: ignore[operator]
-        relation = ">" if strict else ">="
-        raise ValueError(
-            f"{name} must be a number of seconds {relation} {minimum} and at most "
-            f"{_MAX_SECONDS:.0e}, got {value!r}"
-        )
-
-
-def _check_sizes(min_size: object, max_size: object) -> None:
-    _check_int("min_size", min_size, minimum=0)
-    _check_int("max_size", max_size, minimum=1)
-    if max_size < min_size:  # type: ignore[operator]
-        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size})")
