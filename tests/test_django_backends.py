@@ -17,7 +17,7 @@ from django.db import connections, transaction
 from django.db.backends.signals import connection_created
 from django.db.utils import load_backend
 
-from django_pool.backends import active_pools, close_pools, get_pool, when_pool_made
+from django_pool.backends import active_pools, close_pools, get_pool, get_stats, when_pool_made
 from django_pool.threads import PooledThreadPoolExecutor, returns_connections
 from tests.databases import ALIASES, BOUNCER_ALIASES, django_db
 from tests.djangoapp.models import Item
@@ -430,3 +430,21 @@ def test_when_pool_made_hooks_see_every_pool_once():
     close_pools("default")
     Item.objects.count()
     assert seen == [("default", get_pool("default"))]
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_counts_its_own_sessions_from_zero():
+    from tests.test_fork import run_in_child
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SET search_path TO public")
+    end_request("default")  # reset on return: counted
+    assert get_stats("default")["sessions_reset"] >= 1
+
+    counted = ("sessions_reset", "sessions_discarded", "requests_num")
+
+    def child() -> dict[str, int]:
+        stats = get_stats("default")
+        return {key: stats[key] for key in counted}
+
+    assert run_in_child(child) == dict.fromkeys(counted, 0)

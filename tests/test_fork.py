@@ -139,6 +139,27 @@ def test_child_of_child_and_parent_all_keep_their_own(pg_server, pg_conninfo):
         pool.close(timeout=0)
 
 
+def test_a_childs_pool_keeps_its_listeners(pg_conninfo):
+    driver = POSTGRES_DRIVERS[0]
+    heard: list[str] = []
+    pool = Pool(lambda: driver.connect(pg_conninfo, True), min_size=1, timeout=10)
+    try:
+        pool.add_listener(lambda kind, seconds: heard.append(kind))
+        pool.wait()
+        pool.putconn(pool.getconn())
+        assert heard == ["connect", "wait", "use"]
+
+        def child() -> list[str]:
+            heard.clear()
+            pool.putconn(pool.getconn())  # a new connection: the child's own
+            pool.close()
+            return heard
+
+        assert run_in_child(child) == ["connect", "wait", "use"]
+    finally:
+        pool.close(timeout=0)
+
+
 def _session_via(pool: Pool, driver: Driver) -> int:
     with pool.connection() as conn:
         return driver.session_id(conn)

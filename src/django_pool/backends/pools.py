@@ -314,6 +314,9 @@ def _forget_inherited_connections() -> None:
     """
     from django.db import connections
 
+    for entry in _entries.values():  # as the engine's counters: this process's own
+        entry.sessions_reset = entry.sessions_discarded = 0
+        entry.counters_lock = threading.Lock()
     for wrapper in connections.all(initialized_only=True):
         forget: Callable[[], None] | None = getattr(wrapper, "forget_pooled_connection", None)
         if forget is not None and wrapper.pool_options is not None:

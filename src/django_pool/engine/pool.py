@@ -167,6 +167,10 @@ class Pool(Growth, Maintenance, Stats):
         # before it is lent again, like any idle one: it becomes one.
         self._park_limit = min(_PARK_LIMIT, self._validate_window)
 
+        # Called with each timing as it happens (see add_listener); a tuple,
+        # replaced whole, so the hot paths read it without the lock. Settings,
+        # not state: a forked child's pool keeps them.
+        self._listeners: tuple[Callable[[str, float], None], ...] = ()
         self._init_state()
         fork.register(self)
         if open:
@@ -222,9 +226,6 @@ class Pool(Growth, Maintenance, Stats):
         # Usage times not yet in _usage_histogram: the return path appends, which
         # touches far less memory than a bisection; see _usage_locked().
         self._usage_pending: list[float] = []
-        # Called with each timing as it happens (see add_listener); a tuple,
-        # replaced whole, so the hot paths read it without the lock.
-        self._listeners: tuple[Callable[[str, float], None], ...] = ()
         self._reset_counters()
 
     def __repr__(self) -> str:

@@ -48,7 +48,8 @@ class Stats(PoolState):
         ``configure`` hook). For exporters whose histograms must see each
         value (OpenTelemetry; Prometheus in multiprocess mode): it runs in
         the borrowing or connecting thread, never under the pool's lock, and
-        must be quick. What it raises is logged and dropped.
+        must be quick. What it raises is logged and dropped. A forked child's
+        pool keeps its listeners.
         """
         with self._lock:
             self._listeners = (*self._listeners, listener)
