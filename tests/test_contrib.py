@@ -75,6 +75,7 @@ STATS_KEYS = {
     "requests_queued",
     "requests_wait_ms",
     "requests_errors",
+    "requests_timeouts",
     "usage_ms",
     "returns_bad",
     "connections_num",
