@@ -9,13 +9,14 @@ variables or else a skip that says why.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from django_pool import testservers
+from django_pool import Pool, testservers
 from django_pool.testservers import MySQLServer, PostgresServer
+from tests.fakes import FakeAdapter, FakeConnector
 
 #: The database the tests work in, created once per session on each server.
 TEST_DATABASE = "django_pool_test"
@@ -121,3 +122,20 @@ def _pgbouncers_for_bouncer_aliases(request: pytest.FixtureRequest) -> None:
     params = getattr(getattr(request.node, "callspec", None), "params", {})
     if str(params.get("alias", "")).startswith("bouncer_"):
         request.getfixturevalue("pgbouncers")
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., tuple[Pool, FakeConnector]]]:
+    """Engine pools on the fake driver (tests/fakes.py), closed after the test."""
+    made: list[Pool] = []
+
+    def make(delay: float = 0.0, **options: Any) -> tuple[Pool, FakeConnector]:
+        connector = FakeConnector(delay)
+        options.setdefault("timeout", 5.0)
+        pool = Pool(connector, FakeAdapter(), **options)
+        made.append(pool)
+        return pool, connector
+
+    yield make
+    for pool in made:
+        pool.close(timeout=0)

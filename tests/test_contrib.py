@@ -13,8 +13,7 @@ import logging
 import math
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ from django_pool.contrib import views
 from django_pool.contrib.prometheus import DjangoPoolCollector, register
 from tests.databases import ALIASES, django_db
 from tests.djangoapp.models import Item
+from tests.polling import wait_until
 
 pytestmark = django_db
 
@@ -87,14 +87,6 @@ STATS_KEYS = {
     "sessions_reset",
     "sessions_discarded",
 }
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 def end_request(alias: str = "default") -> None:

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,6 +44,7 @@ from django_pool.contrib.opentelemetry import (
 from django_pool.engine.histogram import BOUNDS
 from tests.djangoapp.models import Item
 from tests.fakes import FakeAdapter, FakeConnector
+from tests.polling import wait_until
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -158,35 +159,10 @@ def provider(reader: InMemoryMetricReader) -> Iterator[MeterProvider]:
     meter_provider.shutdown()
 
 
-@pytest.fixture
-def make_pool() -> Iterator[Callable[..., tuple[Pool, FakeConnector]]]:
-    """Engine pools on the fake driver, not opened: instrument them first."""
-    made: list[Pool] = []
-
-    def make(delay: float = 0.0, **options: Any) -> tuple[Pool, FakeConnector]:
-        connector = FakeConnector(delay)
-        options.setdefault("timeout", 5.0)
-        pool = Pool(connector, FakeAdapter(), open=False, **options)
-        made.append(pool)
-        return pool, connector
-
-    yield make
-    for pool in made:
-        pool.close(timeout=0)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
-
-
 def test_metrics_have_the_conventions_names_units_kinds_and_descriptions(
     make_pool, provider, reader
 ):
-    pool, _ = make_pool(min_size=1)
+    pool, _ = make_pool(open=False, min_size=1)
     instrument_pool(pool, provider)
     pool.open(wait=True)
     pool.putconn(pool.getconn())
@@ -201,7 +177,7 @@ def test_metrics_have_the_conventions_names_units_kinds_and_descriptions(
 
 
 def test_observed_values_are_get_stats_at_collection(make_pool, provider, reader):
-    pool, _ = make_pool(min_size=3, max_size=7, name="orders")
+    pool, _ = make_pool(open=False, min_size=3, max_size=7, name="orders")
     instrument_pool(pool, provider)
     pool.open(wait=True)
     lent = [pool.getconn(), pool.getconn()]
@@ -228,7 +204,7 @@ def test_observed_values_are_get_stats_at_collection(make_pool, provider, reader
 
 
 def test_pending_requests_and_timeouts(make_pool, provider, reader):
-    pool, _ = make_pool(min_size=1, timeout=0.05, name="busy")
+    pool, _ = make_pool(open=False, min_size=1, timeout=0.05, name="busy")
     instrument_pool(pool, provider)
     pool.open(wait=True)
     held = pool.getconn()
@@ -250,7 +226,7 @@ def test_pending_requests_and_timeouts(make_pool, provider, reader):
 
 
 def test_histograms_see_every_connect_wait_and_use(make_pool, provider, reader):
-    pool, connector = make_pool(delay=0.01, min_size=2, name="timed")
+    pool, connector = make_pool(open=False, delay=0.01, min_size=2, name="timed")
     instrument_pool(pool, provider)
     pool.open(wait=True)
     checkouts, held_for = 5, 0.02
@@ -280,7 +256,7 @@ def test_histograms_see_every_connect_wait_and_use(make_pool, provider, reader):
 
 
 def test_a_wait_for_a_busy_pool_is_recorded_as_long_as_it_was(make_pool, provider, reader):
-    pool, _ = make_pool(min_size=1, name="queue")
+    pool, _ = make_pool(open=False, min_size=1, name="queue")
     instrument_pool(pool, provider)
     pool.open(wait=True)
     held = pool.getconn()
@@ -295,7 +271,7 @@ def test_a_wait_for_a_busy_pool_is_recorded_as_long_as_it_was(make_pool, provide
 
 
 def test_instrumenting_twice_does_not_count_twice(make_pool, provider, reader):
-    pool, _ = make_pool(min_size=2, name="twice")
+    pool, _ = make_pool(open=False, min_size=2, name="twice")
     instrument_pool(pool, provider)
     instrument_pool(pool, provider)
     pool.open(wait=True)
@@ -310,8 +286,8 @@ def test_instrumenting_twice_does_not_count_twice(make_pool, provider, reader):
 
 
 def test_a_closed_pool_is_no_longer_reported(make_pool, provider, reader):
-    closing, _ = make_pool(min_size=1, name="closing")
-    staying, _ = make_pool(min_size=1, name="staying")
+    closing, _ = make_pool(open=False, min_size=1, name="closing")
+    staying, _ = make_pool(open=False, min_size=1, name="staying")
     for pool in (closing, staying):
         instrument_pool(pool, provider)
         pool.open(wait=True)
@@ -339,8 +315,8 @@ def test_pools_are_held_weakly(provider, reader):
 def test_a_pool_that_fails_to_report_does_not_stop_the_others(
     make_pool, provider, reader, monkeypatch, caplog
 ):
-    failing, _ = make_pool(min_size=1, name="failing")
-    working, _ = make_pool(min_size=1, name="working")
+    failing, _ = make_pool(open=False, min_size=1, name="failing")
+    working, _ = make_pool(open=False, min_size=1, name="working")
     for pool in (failing, working):
         instrument_pool(pool, provider)
         pool.open(wait=True)
@@ -357,7 +333,7 @@ def test_a_pool_that_fails_to_report_does_not_stop_the_others(
 
 
 def test_uninstrument_detaches_from_every_pool(make_pool, provider, reader):
-    pool, _ = make_pool(min_size=1, name="detached")
+    pool, _ = make_pool(open=False, min_size=1, name="detached")
     instrument_pool(pool, provider)
     pool.open(wait=True)
     pool.putconn(pool.getconn())
@@ -375,7 +351,7 @@ def test_uninstrument_detaches_from_every_pool(make_pool, provider, reader):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 def test_a_forked_child_goes_on_recording_its_inherited_pool(make_pool, provider, reader):
-    pool, _ = make_pool(min_size=1, name="forked")
+    pool, _ = make_pool(open=False, min_size=1, name="forked")
     instrument_pool(pool, provider)
     pool.open(wait=True)
     pool.putconn(pool.getconn())

@@ -12,7 +12,6 @@ both release modes.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +20,7 @@ from django.db import connections
 from django_pool.backends import get_pool, get_stats
 from tests.databases import HAVE_MYSQL, needs_mysql
 from tests.djangoapp.models import Item
+from tests.polling import wait_until
 
 ALL_ALIASES = [
     pytest.param("default", id="postgresql-request"),
@@ -33,13 +33,6 @@ pytestmark = pytest.mark.django_db(
     transaction=True,
     databases=["default", "default_tx", *(["mysql", "mysql_tx"] if HAVE_MYSQL else [])],
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def in_a_thread_that_forgets(work: Callable[[], object]) -> None:

@@ -13,13 +13,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from django_pool import ConnectionFailed, Pool, PoolClosed, PoolTimeout, TooManyRequests
 from tests.fakes import FakeAdapter, FakeConnection, FakeConnector, FakeDisconnect
+from tests.polling import wait_until
 
 PSYCOPG_POOL_STATS_KEYS = {
     "pool_min",
@@ -38,30 +39,6 @@ PSYCOPG_POOL_STATS_KEYS = {
     "connections_errors",
     "connections_lost",
 }
-
-
-@pytest.fixture
-def make_pool() -> Iterator[Callable[..., tuple[Pool, FakeConnector]]]:
-    pools: list[Pool] = []
-
-    def make(delay: float = 0.0, **options: Any) -> tuple[Pool, FakeConnector]:
-        connector = FakeConnector(delay)
-        options.setdefault("timeout", 5.0)
-        pool = Pool(connector, FakeAdapter(), **options)
-        pools.append(pool)
-        return pool, connector
-
-    yield make
-    for pool in pools:
-        pool.close(timeout=0)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
 
 
 def start_getter(pool: Pool, results: list[Any], timeout: float | None = None) -> threading.Thread:
