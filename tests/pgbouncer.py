@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -101,7 +102,13 @@ def unavailable_reason() -> str | None:
 
 
 def shared_bouncers(pg: PostgresServer) -> dict[str, PgBouncer] | None:
-    """The run's PgBouncers by pool mode, started at the first call; None if unavailable."""
+    """The run's PgBouncers by pool mode; None if unavailable.
+
+    Started at the first call in a pytest process only: a server or script
+    the tests start (gunicorn, uvicorn, a management command) uses those of
+    the environment, or none. It must not start its own: they would be its
+    children, and tests count a server's children.
+    """
     ports = os.environ.get(PORTS_VARIABLE)
     if ports:
         transaction_port, session_port = (int(port) for port in ports.split(","))
@@ -109,7 +116,7 @@ def shared_bouncers(pg: PostgresServer) -> dict[str, PgBouncer] | None:
             "transaction": PgBouncer("transaction", transaction_port, pg.user),
             "session": PgBouncer("session", session_port, pg.user),
         }
-    if unavailable_reason() is not None:
+    if "pytest" not in sys.modules or unavailable_reason() is not None:
         return None
     bouncers = {mode: start(pg, mode) for mode in ("transaction", "session")}
     os.environ[PORTS_VARIABLE] = f"{bouncers['transaction'].port},{bouncers['session'].port}"

@@ -334,6 +334,7 @@ def test_server_pooling_is_for_postgresql():
         wrapper_class(pooled_settings(ENGINE="django_pool.backends.mysql"), alias="checked")
 
 
+@pytest.mark.django_db(transaction=True, databases="__all__")  # Django 6.1 checks them all
 @pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
 def test_the_system_check_refuses_server_side_cursors_behind_a_transaction_pooler():
     checked = pooled_settings(DISABLE_SERVER_SIDE_CURSORS=False)

@@ -82,8 +82,10 @@ if _mysql is not None:
         "OPTIONS": {"pool": POOL},
     }
 
-PGBOUNCER_UNAVAILABLE = pgbouncer.unavailable_reason()
 PGBOUNCERS = pgbouncer.shared_bouncers(_pg)
+PGBOUNCER_UNAVAILABLE = None
+if PGBOUNCERS is None:
+    PGBOUNCER_UNAVAILABLE = pgbouncer.unavailable_reason() or "started by a pytest process only"
 if PGBOUNCERS is not None:
     _through = {
         # What the option is for: a transaction pooler, and django-pool told so.
