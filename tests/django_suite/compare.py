@@ -160,6 +160,12 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("django-suite-results"))
     parser.add_argument("--pooled-only", action="store_true", help="skip the stock run")
+    parser.add_argument(
+        "--reuse-stock",
+        action="store_true",
+        help="compare with the stock run already in --out for this vendor, driver and "
+        "--parallel (its backend is Django's, whatever --pool says), if there is one",
+    )
     parser.add_argument("labels", nargs="*", default=list(LABELS))
     args = parser.parse_args()
     args.driver = args.driver or ("psycopg" if args.vendor == "postgresql" else "mysqlclient")
@@ -178,7 +184,15 @@ def main() -> int:
         flush=True,
     )
     names = ["pooled"] if args.pooled_only else ["stock", "pooled"]
-    results = run_all(names, tag, args.labels, args.parallel, True, base_env, args)
+    stock = Run("stock", False, args.out / f"{tag}-stock.json", args.out / f"{tag}-stock.log")
+    reused = args.reuse_stock and not args.pooled_only and stock.results.exists()
+    if reused:
+        print(f"  stock: the results of {stock.results.name}", flush=True)
+    results = run_all(
+        ["pooled"] if reused else names, tag, args.labels, args.parallel, True, base_env, args
+    )
+    if reused:
+        results["stock"] = outcomes(stock)
     allowed = known_differences(args.vendor, args.driver, args.pool)
     differing = compare(results, allowed)
     if differing:
