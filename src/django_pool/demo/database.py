@@ -129,13 +129,18 @@ def admin(db: DatabaseURL) -> testservers.PostgresServer | testservers.MySQLServ
 
 
 @contextlib.contextmanager
-def embedded_postgres() -> Iterator[DatabaseURL]:
-    """A private PostgreSQL for the ``with`` block, stopped and deleted after it."""
+def embedded_postgres() -> Iterator[tuple[DatabaseURL, testservers.PostgresServer]]:
+    """A private PostgreSQL for the ``with`` block, stopped and deleted after it.
+
+    The server comes with its URL: the restart scenario restarts it, which only
+    a server the demo started may be.
+    """
     server = testservers.start_embedded_postgres()
     try:
-        yield DatabaseURL(
+        url = DatabaseURL(
             "postgresql", server.host, server.port, server.user, server.password, DEFAULT_DATABASE
         )
+        yield url, server
     finally:
         server.stop()
 
@@ -201,13 +206,23 @@ class ConnectionMonitor:
 
     def _query(self, sql: str, params: tuple[str, ...] = ()) -> Any:
         with self._lock:
-            cursor = self._conn.cursor()
             try:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
+                row = self._fetch(sql, params)
+            except Exception:
+                # The restart scenario restarts the server under the monitor too.
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = self._connect()
+                row = self._fetch(sql, params)
         return row[-1] if row else None
+
+    def _fetch(self, sql: str, params: tuple[str, ...]) -> Any:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
 
     def open_connections(self) -> int:
         """The demo's connections open on the server right now."""

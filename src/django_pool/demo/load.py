@@ -6,20 +6,25 @@ it, this module is the generator (``python -m django_pool.demo.load``): an
 asyncio HTTP/1.1 client, each connection sending its next request as soon as
 the previous response is read, recording every request's latency. Both report
 requests per second, the median and 99th percentile latency, and errors (a
-response other than 200, or a failed connection).
+response other than 200, or a failed connection). The built-in one also says
+when things went wrong: the longest stretch without a successful response
+(an outage, seen from the clients), when the last error came, and how many
+errors of each kind (``HTTP 409``, say) there were.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,6 +45,10 @@ class LoadResult:
     p50_ms: float | None
     p99_ms: float | None
     first_error: str | None = None
+    # From the built-in generator only (None or empty with wrk):
+    longest_gap_s: float | None = None  # the longest time without a 200 finishing
+    last_error_s: float | None = None  # seconds after the start
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
     def requests_per_second(self) -> float:
@@ -60,15 +69,31 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 
 class _Tally:
-    def __init__(self) -> None:
+    def __init__(self, start: float) -> None:
+        self.start = start
         self.latencies: list[float] = []
+        self.successes: list[float] = []  # when each 200 finished, after the start
         self.errors = 0
         self.first_error: str | None = None
+        self.last_error: float | None = None
+        self.kinds: Counter[str] = Counter()
+
+    def success(self, started: float) -> None:
+        now = time.perf_counter()
+        self.latencies.append(now - started)
+        self.successes.append(now - self.start)
 
     def error(self, what: str) -> None:
         self.errors += 1
+        self.kinds[what.split(":", 1)[0]] += 1
+        self.last_error = time.perf_counter() - self.start
         if self.first_error is None:
             self.first_error = what
+
+    def longest_gap(self, elapsed: float) -> float:
+        """The longest time without a success, the start and the end included."""
+        edges = [0.0, *sorted(self.successes), elapsed]
+        return max(later - earlier for earlier, later in itertools.pairwise(edges))
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -120,7 +145,7 @@ async def _connection(
                 keep_alive, status = False, 0
             else:
                 if status == 200:
-                    tally.latencies.append(time.perf_counter() - start)
+                    tally.success(start)
                 else:
                     tally.error(f"HTTP {status}")
             if not keep_alive:
@@ -139,8 +164,8 @@ async def drive(url: str, connections: int, duration: float) -> LoadResult:
         f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         "User-Agent: django-pool-demo\r\nAccept: */*\r\n\r\n"
     ).encode()
-    tally = _Tally()
     start = time.perf_counter()
+    tally = _Tally(start)
     deadline = start + duration
     tasks = [
         asyncio.create_task(_connection(host, port, request, deadline, tally))
@@ -159,6 +184,9 @@ async def drive(url: str, connections: int, duration: float) -> LoadResult:
         p50_ms=_ms(percentile(latencies, 0.50)),
         p99_ms=_ms(percentile(latencies, 0.99)),
         first_error=tally.first_error,
+        longest_gap_s=round(tally.longest_gap(elapsed), 3),
+        last_error_s=None if tally.last_error is None else round(tally.last_error, 3),
+        error_kinds=dict(tally.kinds),
     )
 
 

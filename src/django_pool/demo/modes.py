@@ -8,8 +8,9 @@ process, so the comparison is of how the pools behave, not of how big they are.
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .database import DatabaseURL, Vendor
@@ -35,13 +36,28 @@ LABELS = {
 
 @dataclass(frozen=True)
 class PoolSize:
-    """Connections each server process's pool keeps (``min_size``) and may open."""
+    """Connections each server process's pool keeps (``min_size``) and may open.
+
+    ``timeout`` (seconds a request may wait for a connection) is given to every
+    pool that has one, so they give up equally soon; None keeps each pool's
+    default. ``release`` is django-pool's own option and goes to it alone.
+    """
 
     min_size: int
     max_size: int
+    timeout: float | None = None
+    release: str | None = None
 
     def __str__(self) -> str:
-        return f"min {self.min_size}, max {self.max_size}"
+        text = f"min {self.min_size}, max {self.max_size}"
+        return text if self.timeout is None else f"{text}, timeout {self.timeout:g} s"
+
+
+def label(mode: str, pool: PoolSize) -> str:
+    """The mode's name in reports, with django-pool's ``release`` when it is set."""
+    if mode == "django_pool" and pool.release:
+        return f'{LABELS[mode]} (release="{pool.release}")'
+    return LABELS[mode]
 
 
 def skip_reason(mode: str, vendor: Vendor, server: str) -> str | None:
@@ -86,7 +102,9 @@ def database_settings(
         "CONN_MAX_AGE": 0,
         "OPTIONS": {"application_name": application_name} if db.vendor == "postgresql" else {},
     }
-    sizes = {"min_size": pool.min_size, "max_size": pool.max_size}
+    sizes: dict[str, Any] = {"min_size": pool.min_size, "max_size": pool.max_size}
+    if pool.timeout is not None:
+        sizes["timeout"] = pool.timeout
     if mode == "persistent":
         settings["CONN_MAX_AGE"] = None
     elif mode == "django_builtin":
@@ -95,9 +113,13 @@ def database_settings(
         # SQLAlchemy's QueuePool has no minimum: it opens up to POOL_SIZE on demand.
         settings["ENGINE"] = f"dj_db_conn_pool.backends.{db.vendor}"
         settings["POOL_OPTIONS"] = {"POOL_SIZE": pool.max_size, "MAX_OVERFLOW": 0}
+        if pool.timeout is not None:
+            settings["POOL_OPTIONS"]["TIMEOUT"] = pool.timeout
     elif mode == "django_pool":
         settings["ENGINE"] = f"django_pool.backends.{db.vendor}"
         settings["OPTIONS"]["pool"] = sizes
+        if pool.release:
+            settings["OPTIONS"]["pool"]["release"] = pool.release
     elif mode != "no_pool":
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     return settings
@@ -110,7 +132,7 @@ def environment(
     return {
         ENV_MODE: mode,
         ENV_DATABASE: db.url(),
-        ENV_POOL: f"{pool.min_size},{pool.max_size}",
+        ENV_POOL: json.dumps(asdict(pool)),
         ENV_APPLICATION_NAME: application_name,
     }
 
@@ -123,10 +145,9 @@ def settings_from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             f"{', '.join(missing)} not set: the demo project is served by `django-pool demo`, "
             "which sets them (see django_pool.demo.project)"
         )
-    min_size, max_size = (int(part) for part in environ[ENV_POOL].split(","))
     return database_settings(
         environ[ENV_MODE],
         DatabaseURL.parse(environ[ENV_DATABASE]),
-        PoolSize(min_size, max_size),
+        PoolSize(**json.loads(environ[ENV_POOL])),
         environ[ENV_APPLICATION_NAME],
     )

@@ -50,7 +50,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold signals for the block, so a child is never started without being tracked."""
     global _deferring, _pending
     _deferring += 1
@@ -83,7 +83,7 @@ class Child:
         self.name = name
         self.log = log
         self._log_file: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed by stop()
-        with _signals_deferred():
+        with signals_deferred():
             self.proc = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,

@@ -1,24 +1,25 @@
-"""The demo's results: a table for the terminal (and Markdown), JSON, and a chart.
+"""The demo's results: tables for the terminal (and Markdown), JSON, and a chart.
 
-The table is Markdown with padded columns, so the terminal output can be pasted
-into a README as it is. The JSON keeps every figure and the settings they were
-measured with; the chart (matplotlib, drawn off-screen) shows the four figures
-that tell the modes apart, grouped by server and number of clients.
+The tables are Markdown with padded columns, so the terminal output can be
+pasted into a README as it is: the throughput rows first, then one table per
+scenario. The JSON keeps every figure and the settings they were measured
+with; the chart (matplotlib, drawn off-screen) has a panel for the
+throughput and one per scenario, each saying its unit and which way is better.
 """
 
 from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .modes import LABELS, MODES
 
-#: Report format version, for tools that read the JSON.
-FORMAT = 1
+#: Report format version, for tools that read the JSON (2: the scenarios).
+FORMAT = 2
 
 _COLORS = {
     "no_pool": "#b0b0b0",
@@ -57,6 +58,49 @@ class Run:
     reason: str | None = None
 
 
+Figure = float | int | str | None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One mode in one scenario: ``ran`` (with its figures), ``skipped`` or ``failed``."""
+
+    scenario: str
+    mode: str
+    label: str
+    status: str
+    reason: str | None = None
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A figure of a scenario's table: its key in ``Row.figures``, header and digits."""
+
+    key: str
+    header: str
+    digits: int = 0
+
+
+@dataclass(frozen=True)
+class View:
+    """How a scenario is shown: its table, and the one figure its chart panel draws."""
+
+    key: str
+    title: str  # the table's heading and the panel's title
+    setup: str  # server, workers, pool, load: one line under the heading
+    columns: tuple[Column, ...]
+    drawn: str  # the key of the figure in the panel
+    axis: str  # the panel's axis: the unit, and which way is better
+
+    def describe(self, figures: dict[str, Figure]) -> str:
+        """The figures in one line, for the progress output."""
+        return ", ".join(
+            f"{column.header} {_number(figures.get(column.key), column.digits)}"
+            for column in self.columns
+        )
+
+
 @dataclass
 class Report:
     """Everything the demo measured, and how."""
@@ -65,6 +109,8 @@ class Report:
     servers: dict[str, str]  # key: description (workers, threads)
     runs: list[Run] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
+    views: list[View] = field(default_factory=list)  # the scenarios run, in order
+    rows: list[Row] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,15 +120,67 @@ class Report:
             "servers": self.servers,
             "runs": [asdict(run) for run in self.runs],
             "results": [asdict(cell) for cell in self.cells],
+            "scenarios": {
+                view.key: {
+                    "title": view.title,
+                    "setup": view.setup,
+                    "rows": [asdict(row) for row in self.rows if row.scenario == view.key],
+                }
+                for view in self.views
+            },
         }
 
 
-def _number(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
+def _number(value: Figure, digits: int = 0) -> str:
+    if value is None or isinstance(value, str):
+        return value or "-"
+    return f"{value:,.{digits}f}"
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]], first_numeric: int) -> str:
+    """A Markdown table with padded columns, those from ``first_numeric`` on right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(values: Sequence[str]) -> str:
+        cells = (
+            value.rjust(width) if i >= first_numeric else value.ljust(width)
+            for i, (value, width) in enumerate(zip(values, widths, strict=True))
+        )
+        return "| " + " | ".join(cells) + " |"
+
+    rule = " | ".join(
+        "-" * (w - 1) + ":" if i >= first_numeric else "-" * w for i, w in enumerate(widths)
+    )
+    return "\n".join([line(header), f"| {rule} |", *(line(row) for row in rows)])
+
+
+def _bold_ours(mode: str, label: str) -> str:
+    return f"**{label}**" if mode == "django_pool" else label
 
 
 def table(report: Report) -> str:
-    """The results as a padded Markdown table, then the modes that did not run."""
+    """The throughput table, then one per scenario, then the modes that did not run."""
+    parts = []
+    if report.cells:
+        parts.append(_throughput_table(report))
+    for view in report.views:
+        ran = [row for row in report.rows if row.scenario == view.key and row.status == "ran"]
+        header = ("connections", *(column.header for column in view.columns))
+        rows = [
+            (
+                _bold_ours(row.mode, row.label),
+                *(_number(row.figures.get(c.key), c.digits) for c in view.columns),
+            )
+            for row in ran
+        ]
+        parts.append(f"{view.title}\n({view.setup})\n\n{_markdown(header, rows, 1)}")
+    not_run = _not_run(report)
+    if not_run:
+        parts.append("\n".join(not_run))
+    return "\n\n".join(parts)
+
+
+def _throughput_table(report: Report) -> str:
     header = (
         "server",
         "connections",
@@ -99,11 +197,10 @@ def table(report: Report) -> str:
     for cell in report.cells:
         server = "" if cell.server == previous else cell.server
         previous = cell.server
-        label = LABELS[cell.mode]
         rows.append(
             (
                 server,
-                f"**{label}**" if cell.mode == "django_pool" else label,
+                _bold_ours(cell.mode, LABELS[cell.mode]),
                 str(cell.concurrency),
                 _number(cell.requests_per_second),
                 _number(cell.p50_ms, 1),
@@ -113,35 +210,24 @@ def table(report: Report) -> str:
                 _number(cell.connections_opened),
             )
         )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    numeric = range(2, len(header))
+    return f"Throughput: three queries per request\n\n{_markdown(header, rows, 2)}"
 
-    def line(values: Sequence[str]) -> str:
-        cells = (
-            value.rjust(width) if i in numeric else value.ljust(width)
-            for i, (value, width) in enumerate(zip(values, widths, strict=True))
-        )
-        return "| " + " | ".join(cells) + " |"
 
-    rule = (
-        "| "
-        + " | ".join(
-            "-" * (w - 1) + ":" if i in numeric else "-" * w for i, w in enumerate(widths)
-        )
-        + " |"
-    )
-    lines = [line(header), rule, *(line(row) for row in rows)]
-    # A mode left out of every server for the same reason is said once.
+def _not_run(report: Report) -> list[str]:
+    """A line per mode left out, once for every place it was left out for the same reason."""
     not_run: dict[tuple[str, str, str | None], list[str]] = {}
     for run in report.runs:
         if run.status != "ran":
-            not_run.setdefault((run.mode, run.status, run.reason), []).append(run.server)
-    if not_run:
-        lines.append("")
-    for (mode, status, reason), servers in not_run.items():
-        where = "" if set(servers) == set(report.servers) else f" under {', '.join(servers)}"
-        lines.append(f"- {LABELS[mode]}{where}: {status}, {reason}")
-    return "\n".join(lines)
+            not_run.setdefault((LABELS[run.mode], run.status, run.reason), []).append(run.server)
+    titles = {view.key: view.title.split(":")[0] for view in report.views}
+    for row in report.rows:
+        if row.status != "ran":
+            where = titles[row.scenario]
+            not_run.setdefault((row.label, row.status, row.reason), []).append(where)
+    lines = []
+    for (label, status, reason), places in not_run.items():
+        lines.append(f"- {label} ({', '.join(places)}): {status}, {reason}")
+    return lines
 
 
 def write_json(report: Report, path: Path) -> None:
@@ -149,49 +235,76 @@ def write_json(report: Report, path: Path) -> None:
     path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def _opened_per_thousand(cell: Cell) -> float | None:
-    if cell.connections_opened is None or not cell.requests:
-        return None
-    return 1000 * cell.connections_opened / cell.requests
-
-
 def write_chart(report: Report, path: Path, title: str) -> None:
-    """Grouped bars: one group per server and client count, one bar per mode."""
+    """One panel for the throughput rows, one per scenario; titles inside the picture."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    groups = list(dict.fromkeys((cell.server, cell.concurrency) for cell in report.cells))
-    modes = [mode for mode in MODES if any(cell.mode == mode for cell in report.cells)]
-    by_key = {(cell.server, cell.concurrency, cell.mode): cell for cell in report.cells}
-    panels: list[tuple[str, Callable[[Cell], float | None]]] = [
-        ("requests per second (higher is better)", lambda c: c.requests_per_second),
-        ("p99 latency, ms (lower is better)", lambda c: c.p99_ms),
-        ("peak server connections", lambda c: c.peak_connections),
-        ("connections opened per 1,000 requests", _opened_per_thousand),
-    ]
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8), constrained_layout=True)
-    width = 0.8 / max(1, len(modes))
-    for ax, (name, value) in zip(axes.flat, panels, strict=True):
-        for i, mode in enumerate(modes):
-            xs, heights = [], []
-            for g, (server, concurrency) in enumerate(groups):
-                cell = by_key.get((server, concurrency, mode))
-                height = value(cell) if cell is not None else None
-                if height is not None:
-                    xs.append(g + (i - (len(modes) - 1) / 2) * width)
-                    heights.append(height)
-            bars = ax.bar(xs, heights, width, label=LABELS[mode], color=_COLORS[mode])
-            ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
-        ax.set_title(name, fontsize=11)
-        ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{server}\n{conc} clients" for server, conc in groups])
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    axes.flat[0].legend(fontsize=9)
-    # Long setup lines would run off the figure's edges.
-    fig.suptitle("\n".join(textwrap.fill(line, 130) for line in title.splitlines()), fontsize=12)
+    panels = len(report.views) + (1 if report.cells else 0)
+    columns = 3 if panels > 4 else min(2, panels)
+    lines = -(-panels // columns)
+    fig, axes = plt.subplots(
+        lines, columns, figsize=(6 * columns, 4.2 * lines + 0.8), squeeze=False
+    )
+    flat = list(axes.flat)
+    if report.cells:
+        _throughput_panel(flat.pop(0), report.cells)
+    for ax, view in zip(flat, report.views, strict=False):
+        rows = [row for row in report.rows if row.scenario == view.key and row.status == "ran"]
+        _scenario_panel(ax, view, rows)
+    for ax in flat[len(report.views) :]:
+        ax.set_visible(False)
+    fig.suptitle("\n".join(textwrap.fill(line, 150) for line in title.splitlines()), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _throughput_panel(ax: Any, cells: list[Cell]) -> None:
+    """Grouped bars of requests per second: a group per server and client count."""
+    groups = list(dict.fromkeys((cell.server, cell.concurrency) for cell in cells))
+    modes = [mode for mode in MODES if any(cell.mode == mode for cell in cells)]
+    by_key = {(cell.server, cell.concurrency, cell.mode): cell for cell in cells}
+    width = 0.8 / max(1, len(modes))
+    for i, mode in enumerate(modes):
+        xs, heights = [], []
+        for g, (server, concurrency) in enumerate(groups):
+            cell = by_key.get((server, concurrency, mode))
+            if cell is not None:
+                xs.append(g + (i - (len(modes) - 1) / 2) * width)
+                heights.append(cell.requests_per_second)
+        bars = ax.bar(xs, heights, width, label=LABELS[mode], color=_COLORS[mode])
+        ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+    ax.set_title("Throughput: three queries per request", fontsize=11, fontweight="bold")
+    ax.set_ylabel("requests per second (higher is better)")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{server}\n{conc} clients" for server, conc in groups])
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8)
+
+
+def _scenario_panel(ax: Any, view: View, rows: list[Row]) -> None:
+    """Horizontal bars of the scenario's drawn figure, one per mode, values written on."""
+    labels = [textwrap.fill(row.label, 26) for row in rows]
+    values = [float(_figure(row, view.drawn)) for row in rows]
+    colors = [_COLORS[row.mode] for row in rows]
+    bars = ax.barh(range(len(rows)), values, color=colors)
+    column = next(c for c in view.columns if c.key == view.drawn)
+    ax.bar_label(bars, labels=[_number(v, column.digits) for v in values], padding=3, fontsize=9)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.invert_yaxis()  # the first mode on top, as in the table
+    ax.set_xlim(0, max([*values, 1e-9]) * 1.25)
+    ax.set_title(textwrap.fill(view.title, 60), fontsize=11, fontweight="bold")
+    ax.set_xlabel(view.axis)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _figure(row: Row, key: str) -> float:
+    value = row.figures.get(key)
+    return float(value) if isinstance(value, int | float) else 0.0

@@ -1,4 +1,4 @@
-"""``/items`` (sync view, for WSGI), ``/items-async`` (for ASGI), ``/health``."""
+"""The demo's pages (see :mod:`.views`)."""
 
 from __future__ import annotations
 
@@ -9,5 +9,9 @@ from . import views
 urlpatterns = [
     path("items", views.items),
     path("items-async", views.items_async),
+    path("wait-async", views.wait_async),
+    path("session/dirty", views.session_dirty),
+    path("session/check", views.session_check),
+    path("leak", views.leak),
     path("health", views.health),
 ]

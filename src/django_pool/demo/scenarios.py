@@ -1,0 +1,123 @@
+"""What every scenario shares: where it runs, how it serves each mode, its rows.
+
+A scenario serves the demo project once per connection mode, with the same
+server, workers and pool size for every mode, does something to it (a load,
+a restart, a leak) and reports a few figures per mode as a
+:class:`~django_pool.demo.report.Row`. :func:`run_modes` is that loop; each
+scenario module gives it the part that differs, a ``measure`` function.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django_pool import testservers
+
+from . import modes
+from .database import ConnectionMonitor, DatabaseURL
+from .modes import PoolSize
+from .report import Row, View
+from .servers import Server, ServerFailed, ServerKind, Workers
+
+#: Seconds to wait for a stopped server's connections to leave the database.
+DRAIN_TIMEOUT = 10.0
+#: --quick's modes: the comparison the scenarios are for, and no more (CI's time).
+QUICK_MODES = ("django_builtin", "django_pool")
+
+
+@dataclass(frozen=True)
+class Context:
+    """The run every scenario takes part in."""
+
+    db: DatabaseURL
+    embedded: testservers.PostgresServer | None  # None: the database is not the demo's
+    monitor: ConnectionMonitor
+    application_name: str
+    workdir: Path
+    progress: Callable[[str], None]
+    quick: bool
+    modes: tuple[str, ...]  # the modes to run, where a scenario applies to them
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One row group of the table and one panel of the chart."""
+
+    view: View
+    run: Callable[[Context], list[Row]]
+    #: Why the scenario cannot run in this context, or None.
+    unavailable: Callable[[Context], str | None]
+
+    @property
+    def key(self) -> str:
+        return self.view.key
+
+
+def postgresql_only(ctx: Context) -> str | None:
+    return None if ctx.db.vendor == "postgresql" else "it is about PostgreSQL (and Django's pool)"
+
+
+def drain(monitor: ConnectionMonitor) -> int:
+    """Wait for a stopped server's connections to close; return how many did not."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while (left := monitor.open_connections()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def serve(
+    ctx: Context, kind: ServerKind, workers: Workers, mode: str, pool: PoolSize, name: str
+) -> Server:
+    """A server of ``kind`` for ``mode``, its log named ``name``; use it in a ``with``."""
+    env = {**os.environ, **modes.environment(mode, ctx.db, pool, ctx.application_name)}
+    return Server(kind, workers, env, ctx.workdir, name)
+
+
+def get(url: str, timeout: float = 30.0) -> int:
+    """GET ``url``; its HTTP status (the demo's pages answer errors with a status too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def run_modes(
+    ctx: Context,
+    view: View,
+    kind: ServerKind,
+    workers: Workers,
+    pool: PoolSize,
+    candidates: tuple[str, ...],
+    measure: Callable[[Server, str], dict[str, Any]],
+) -> list[Row]:
+    """For each mode: serve, ``measure``, stop, and wait for its connections to go."""
+    rows = []
+    for mode in (mode for mode in candidates if mode in ctx.modes):
+        label = modes.label(mode, pool)
+        reason = modes.skip_reason(mode, ctx.db.vendor, kind.key)
+        if reason:
+            rows.append(Row(view.key, mode, label, "skipped", reason))
+            continue
+        try:
+            with serve(ctx, kind, workers, mode, pool, f"{view.key}-{mode}") as server:
+                server.wait_ready()
+                ctx.progress(f"{view.title}: {label}: serving on {server.url}")
+                figures = measure(server, mode)
+        except ServerFailed as exc:
+            rows.append(Row(view.key, mode, label, "failed", str(exc).splitlines()[0]))
+            ctx.progress(f"{view.title}: {label} failed: {exc}")
+        else:
+            rows.append(Row(view.key, mode, label, "ran", figures=figures))
+            ctx.progress(f"  {view.describe(figures)}")
+        left = drain(ctx.monitor)
+        if left:
+            ctx.progress(f"  warning: {left} connections still open {DRAIN_TIMEOUT:.0f} s later")
+    return rows
