@@ -39,6 +39,7 @@ VIEW = View(
     ),
     drawn="requests_per_second",
     axis="requests per second (higher is better)",
+    noted="peak_connections",
 )
 
 

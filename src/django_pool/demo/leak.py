@@ -40,6 +40,7 @@ VIEW = View(
     ),
     drawn="errors",
     axis="requests that failed after the leaks (lower is better)",
+    noted="longest_gap_s",
 )
 
 

@@ -92,6 +92,7 @@ class View:
     columns: tuple[Column, ...]
     drawn: str  # the key of the figure in the panel
     axis: str  # the panel's axis: the unit, and which way is better
+    noted: str | None = None  # the key of a figure written beside each bar
 
     def describe(self, figures: dict[str, Figure]) -> str:
         """The figures in one line, for the progress output."""
@@ -159,10 +160,8 @@ def _bold_ours(mode: str, label: str) -> str:
 
 
 def table(report: Report) -> str:
-    """The throughput table, then one per scenario, then the modes that did not run."""
+    """A table per scenario, the throughput table, then the modes that did not run."""
     parts = []
-    if report.cells:
-        parts.append(_throughput_table(report))
     for view in report.views:
         ran = [row for row in report.rows if row.scenario == view.key and row.status == "ran"]
         header = ("connections", *(column.header for column in view.columns))
@@ -174,6 +173,8 @@ def table(report: Report) -> str:
             for row in ran
         ]
         parts.append(f"{view.title}\n({view.setup})\n\n{_markdown(header, rows, 1)}")
+    if report.cells:
+        parts.append(_throughput_table(report))
     not_run = _not_run(report)
     if not_run:
         parts.append("\n".join(not_run))
@@ -214,16 +215,16 @@ def _throughput_table(report: Report) -> str:
 
 
 def _not_run(report: Report) -> list[str]:
-    """A line per mode left out, once for every place it was left out for the same reason."""
+    """A line per mode left out: where (servers, scenarios), once per reason."""
     not_run: dict[tuple[str, str, str | None], list[str]] = {}
     for run in report.runs:
         if run.status != "ran":
             not_run.setdefault((LABELS[run.mode], run.status, run.reason), []).append(run.server)
-    titles = {view.key: view.title.split(":")[0] for view in report.views}
     for row in report.rows:
         if row.status != "ran":
-            where = titles[row.scenario]
-            not_run.setdefault((row.label, row.status, row.reason), []).append(where)
+            # A label's release= tells nothing here: the mode did not run.
+            label = LABELS[row.mode]
+            not_run.setdefault((label, row.status, row.reason), []).append(row.scenario)
     lines = []
     for (label, status, reason), places in not_run.items():
         lines.append(f"- {label} ({', '.join(places)}): {status}, {reason}")
@@ -249,12 +250,12 @@ def write_chart(report: Report, path: Path, title: str) -> None:
         lines, columns, figsize=(6 * columns, 4.2 * lines + 0.8), squeeze=False
     )
     flat = list(axes.flat)
-    if report.cells:
-        _throughput_panel(flat.pop(0), report.cells)
     for ax, view in zip(flat, report.views, strict=False):
         rows = [row for row in report.rows if row.scenario == view.key and row.status == "ran"]
         _scenario_panel(ax, view, rows)
-    for ax in flat[len(report.views) :]:
+    if report.cells:
+        _throughput_panel(flat[len(report.views)], report.cells)
+    for ax in flat[panels:]:
         ax.set_visible(False)
     fig.suptitle("\n".join(textwrap.fill(line, 150) for line in title.splitlines()), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -278,13 +279,15 @@ def _throughput_panel(ax: Any, cells: list[Cell]) -> None:
                 heights.append(cell.requests_per_second)
         bars = ax.bar(xs, heights, width, label=LABELS[mode], color=_COLORS[mode])
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
+    tallest = max((cell.requests_per_second for cell in cells), default=0.0)
+    ax.set_ylim(0, max(tallest, 1e-9) * 1.45)  # room for the legend above the bars
     ax.set_title("Throughput: three queries per request", fontsize=11, fontweight="bold")
     ax.set_ylabel("requests per second (higher is better)")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{server}\n{conc} clients" for server, conc in groups])
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
 
 
 def _scenario_panel(ax: Any, view: View, rows: list[Row]) -> None:
@@ -293,13 +296,21 @@ def _scenario_panel(ax: Any, view: View, rows: list[Row]) -> None:
     values = [float(_figure(row, view.drawn)) for row in rows]
     colors = [_COLORS[row.mode] for row in rows]
     bars = ax.barh(range(len(rows)), values, color=colors)
-    column = next(c for c in view.columns if c.key == view.drawn)
-    ax.bar_label(bars, labels=[_number(v, column.digits) for v in values], padding=3, fontsize=9)
+    columns = {column.key: column for column in view.columns}
+    drawn = columns[view.drawn]
+    texts = [_number(value, drawn.digits) for value in values]
+    if view.noted:
+        noted = columns[view.noted]
+        texts = [
+            f"{text}  ({noted.header}: {_number(row.figures.get(noted.key), noted.digits)})"
+            for text, row in zip(texts, rows, strict=True)
+        ]
+    ax.bar_label(bars, labels=texts, padding=3, fontsize=9)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.invert_yaxis()  # the first mode on top, as in the table
-    ax.set_xlim(0, max([*values, 1e-9]) * 1.25)
-    ax.set_title(textwrap.fill(view.title, 60), fontsize=11, fontweight="bold")
+    ax.set_xlim(0, max([*values, 1e-9]) * (1.9 if view.noted else 1.25))
+    ax.set_title(textwrap.fill(view.title, 45), fontsize=11, fontweight="bold")
     ax.set_xlabel(view.axis)
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)

@@ -39,6 +39,7 @@ VIEW = View(
     ),
     drawn="longest_gap_s",
     axis="seconds without a successful response (lower is better)",
+    noted="errors",
 )
 
 

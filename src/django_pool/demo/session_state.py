@@ -41,6 +41,7 @@ VIEW = View(
     ),
     drawn="with_state",
     axis="later requests that ran with the left-over state (lower is better)",
+    noted="checked",
 )
 
 
