@@ -17,11 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo",
-        help="serve a small Django app with and without pooling and compare",
+        help="show where django-pool and Django's built-in pool differ, on real servers",
         description="Serve a small Django app under gunicorn and uvicorn with each way of "
-        "handling database connections (no pooling, persistent connections, Django's "
-        "built-in pool, django-db-connection-pool, django-pool), load it over HTTP, and "
-        "report requests/s, latency, errors and the connections the database server saw.",
+        "handling database connections (no pooling, Django's built-in pool, "
+        "django-db-connection-pool, django-pool) and measure the scenarios where they "
+        "differ: an async view that awaits, a database restart under load, session state "
+        "left behind, a leaked connection; then the throughput rows.",
     )
     from django_pool.demo import cli
 
