@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="shorter scenarios, one concurrency level: under 30 s, for CI",
+        help="shorter scenarios, one concurrency level, for CI: about 30 s",
     )
     parser.add_argument(
         "--scenarios",
@@ -246,7 +246,7 @@ def _run(
 ) -> report.Report:
     progress(
         f"django-pool demo: {', '.join(args.scenarios)}; "
-        f"about {'25 s' if args.quick else '2 minutes'}"
+        f"about {'30 s' if args.quick else '2 minutes'}"
     )
     embedded = None
     if db is None:
