@@ -99,10 +99,15 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
 
 
+def _wire_threads() -> set[threading.Thread]:
+    """The proxies' threads: the pools of other tests start and end threads of their own."""
+    return {t for t in threading.enumerate() if t.name.startswith("wire-")}
+
+
 def _wait_for_threads(expected: set[threading.Thread]) -> None:
     deadline = time.monotonic() + 10
-    while set(threading.enumerate()) != expected:
-        assert time.monotonic() < deadline, f"threads left: {threading.enumerate()}"
+    while _wire_threads() != expected:
+        assert time.monotonic() < deadline, f"threads left: {_wire_threads()}"
         time.sleep(0.01)
 
 
@@ -216,10 +221,10 @@ def test_records_a_statement_longer_than_one_read(proxied: Proxied) -> None:
 
 
 def test_either_side_closing_ends_the_connection(proxied: Proxied) -> None:
-    idle = set(threading.enumerate())
+    idle = _wire_threads()
     conn = proxied.connect()
     Driver.query(conn, "SELECT 1")
-    assert len(set(threading.enumerate()) - idle) == 2  # one thread per direction
+    assert len(_wire_threads() - idle) == 2  # one thread per direction
     conn.close()  # the client leaves
     _wait_for_threads(idle)
 
@@ -232,7 +237,7 @@ def test_either_side_closing_ends_the_connection(proxied: Proxied) -> None:
 
 
 def test_closing_the_proxy_ends_open_connections_and_threads(proxied: Proxied) -> None:
-    before = set(threading.enumerate())
+    before = _wire_threads()
     with WireCounter(proxied.proxy.protocol, *proxied.proxy.upstream) as proxy:
         params = proxied.params
         if isinstance(params, dict):
@@ -242,8 +247,8 @@ def test_closing_the_proxy_ends_open_connections_and_threads(proxied: Proxied) -
         conns = [proxied.driver.connect(params, True) for _ in range(3)]
         for conn in conns:
             Driver.query(conn, "SELECT 1")
-        assert len(set(threading.enumerate()) - before) == 1 + 2 * 3
-    assert set(threading.enumerate()) == before
+        assert len(_wire_threads() - before) == 1 + 2 * 3
+    assert _wire_threads() == before
     for conn in conns:
         with pytest.raises(Exception, match=LOST):
             Driver.query(conn, "SELECT 1")
@@ -372,10 +377,10 @@ def test_an_encrypted_stream_is_forwarded_but_not_read(
 def test_a_missing_server_closes_the_client() -> None:
     with socket.create_server(("127.0.0.1", 0)) as placeholder:
         port = placeholder.getsockname()[1]
-    before = set(threading.enumerate())
+    before = _wire_threads()
     with WireCounter("postgresql", "127.0.0.1", port) as proxy:
         with socket.create_connection((proxy.host, proxy.port)) as client:
             client.settimeout(10)
             assert client.recv(1) == b""
         assert proxy.connections_opened == 1
-    assert set(threading.enumerate()) == before
+    assert _wire_threads() == before
