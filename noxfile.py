@@ -198,15 +198,17 @@ def package(session: nox.Session) -> None:
     _check_archives(session, dist)
 
     # A venv with nothing but the wheel and its dependencies. This session's
-    # pip installs into it (--python): no second pip to set up, same cache;
-    # --no-compile: modules are compiled when imported, only those the demo uses.
+    # pip installs into it (--python): no second pip to set up, same cache.
+    # pip compiles the modules as a user's install does; where
+    # PYTHONDONTWRITEBYTECODE is set, each of the demo's servers would
+    # otherwise compile Django again at every start.
     venv = tmp / "wheel-venv"
     shutil.rmtree(venv, ignore_errors=True)
     session.run("python", "-m", "venv", "--without-pip", str(venv))
     (wheel,) = dist.glob("*.whl")
     python = str(venv / "bin" / "python")
     session.run(
-        "python", "-m", "pip", "--python", python, "install", "--quiet", "--no-compile",
+        "python", "-m", "pip", "--python", python, "install", "--quiet",
         f"{wheel}[demo]",
     )  # fmt: skip
     with session.chdir(tmp):  # its demo-results/ land there, not in the work tree

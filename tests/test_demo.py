@@ -28,12 +28,13 @@ import pytest
 
 from django_pool.demo.database import DatabaseURL, redact_url
 from django_pool.demo.load import parse_wrk, percentile
-from django_pool.demo.throughput import QUICK_MODES as QUICK_THROUGHPUT
 from django_pool.testservers import PostgresServer
 
 PYTHON = sys.executable
 MARKER_VARIABLE = "DJANGO_POOL_DEMO_TEST_MARKER"
 POOLED = ("django_builtin", "dj_db_conn_pool", "django_pool")
+#: The end-to-end run's modes: --quick's two pools, and no pooling to check them against.
+TESTED_MODES = ("no_pool", "django_builtin", "django_pool")
 
 
 # --------------------------------------------------------------------------- #
@@ -113,7 +114,8 @@ def test_quick_demo_reports_true_figures_and_leaves_nothing(
     sessions_before = _sessions_counter(pg_server, demo_db)
     completed = subprocess.run(
         _demo_argv(
-            "--database", pg_server.url(demo_db), "--json", str(results), "--chart", str(chart)
+            *("--database", pg_server.url(demo_db), "--modes", ",".join(TESTED_MODES)),
+            *("--json", str(results), "--chart", str(chart)),
         ),
         env=_demo_env(marker),
         cwd=tmp_path,
@@ -137,7 +139,7 @@ def test_quick_demo_reports_true_figures_and_leaves_nothing(
     max_size = setup["pool_max_size"]
     runs = {(run["server"], run["mode"]): run for run in report["runs"]}
     assert set(runs) == {
-        (server, mode) for server in ("gunicorn", "uvicorn") for mode in QUICK_THROUGHPUT
+        (server, mode) for server in ("gunicorn", "uvicorn") for mode in TESTED_MODES
     }
     for (server, mode), run in runs.items():
         assert run["status"] in ("ran", "skipped"), (server, mode, run)
@@ -178,17 +180,22 @@ def test_quick_demo_reports_true_figures_and_leaves_nothing(
 
 def _figures(scenario: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rows = {row["mode"]: row for row in scenario["rows"]}
-    assert set(rows) == {"django_builtin", "django_pool"}, rows
+    assert set(rows) == set(TESTED_MODES), rows
     assert all(row["status"] == "ran" for row in rows.values()), rows
     return {mode: row["figures"] for mode, row in rows.items()}
 
 
 def _assert_scenarios_tell_the_pools_apart(scenarios: dict[str, Any], output: str) -> None:
     wait = _figures(scenarios["async_wait"])
-    for figures in wait.values():
+    assert all(figures["errors"] == 0 for figures in wait.values()), wait
+    # The server's own counter: without a pool, a session per request, many at once.
+    unpooled = wait["no_pool"]
+    assert 0.8 * unpooled["requests"] <= unpooled["connections_opened"], wait
+    assert unpooled["connections_opened"] <= 1.2 * unpooled["requests"] + 40, wait
+    assert unpooled["peak_connections"] > 4, wait
+    for mode in ("django_builtin", "django_pool"):
         # Sampled from pg_stat_activity: both pools keep to their 4 connections ...
-        assert 1 <= figures["peak_connections"] <= 4, wait
-        assert figures["errors"] == 0, wait
+        assert 1 <= wait[mode]["peak_connections"] <= 4, wait
     # ... so a pool holding one through the 50 ms wait serves at most 4 per 50 ms,
     builtin_ceiling = 4 / 0.05
     assert wait["django_builtin"]["requests_per_second"] <= 1.1 * builtin_ceiling, wait
@@ -198,6 +205,7 @@ def _assert_scenarios_tell_the_pools_apart(scenarios: dict[str, Any], output: st
     # Each count is of requests whose connection the server said still had the role,
     # search_path or setting an earlier request left (current_user, current_setting).
     state = _figures(scenarios["session_state"])
+    assert state["no_pool"]["with_state"] == 0 < state["no_pool"]["checked"], state
     assert state["django_pool"]["with_state"] == 0, state
     assert state["django_pool"]["checked"] > 0, state
     assert state["django_builtin"]["with_state"] == state["django_builtin"]["checked"] > 0, state
@@ -206,6 +214,7 @@ def _assert_scenarios_tell_the_pools_apart(scenarios: dict[str, Any], output: st
     assert all(figures["leaked"] == 4 for figures in leaked.values()), leaked
     assert leaked["django_pool"]["errors"] == 0 < leaked["django_pool"]["requests"], leaked
     assert leaked["django_builtin"]["errors"] > 0, leaked
+    assert leaked["no_pool"]["errors"] == 0 < leaked["no_pool"]["requests"], leaked
 
 
 @pytest.mark.postgres

@@ -15,10 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import load
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, postgresql_only, run_modes
+from .scenarios import Context, Scenario, load_clients, postgresql_only, run_modes
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 40
@@ -44,13 +43,12 @@ VIEW = View(
 
 
 def run(ctx: Context) -> list[Row]:
-    seconds, warmup = (0.8, 0.2) if ctx.quick else (3.0, 0.5)
+    seconds, warmup = (0.6, 0.1) if ctx.quick else (3.0, 0.5)
 
     def measure(server: Server, mode: str) -> dict[str, Any]:
-        log = ctx.workdir / f"load-{VIEW.key}-{mode}.log"
-        load.generate("builtin", server.url, CLIENTS, warmup, log)
+        load_clients(ctx, VIEW, server, mode, CLIENTS, warmup)
         with ctx.monitor.window() as window:
-            result = load.generate("builtin", server.url, CLIENTS, seconds, log)
+            result = load_clients(ctx, VIEW, server, mode, CLIENTS, seconds)
         return {
             "requests": result.requests,
             "requests_per_second": round(result.requests_per_second, 1),

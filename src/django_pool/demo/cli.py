@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="shorter scenarios, one concurrency level, for CI: about 30 s",
+        help="shorter scenarios, one concurrency level, for CI: about 25 s",
     )
     parser.add_argument(
         "--scenarios",
@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_choices(MODES),
         metavar="LIST",
         help=f"comma-separated, from {','.join(MODES)} (default: all; --quick: Django's pool "
-        "and django-pool, and no pooling in the throughput rows)",
+        "and django-pool)",
     )
     parser.add_argument(
         "--servers",
@@ -246,7 +246,7 @@ def _run(
 ) -> report.Report:
     progress(
         f"django-pool demo: {', '.join(args.scenarios)}; "
-        f"about {'30 s' if args.quick else '2 minutes'}"
+        f"about {'25 s' if args.quick else '2 minutes'}"
     )
     embedded = None
     if db is None:
@@ -277,8 +277,7 @@ def _run(
                 f"throughput: pools of {plan.pool} connections per worker; load: {tool}, "
                 f"{plan.warmup:g} s warm-up then {plan.seconds:g} s measured per cell"
             )
-            modes = args.modes or (throughput_rows.QUICK_MODES if args.quick else MODES)
-            throughput_rows.run(ctx, plan, modes, args.servers, tool, outcome)
+            throughput_rows.run(ctx, plan, scenario_modes, args.servers, tool, outcome)
             continue
         scenario = SCENARIOS[key]
         reason = scenario.unavailable(ctx)

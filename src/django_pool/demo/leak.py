@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import load
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, get, postgresql_only, run_modes
+from .scenarios import Context, Scenario, get, load_clients, postgresql_only, run_modes
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 4
@@ -45,13 +44,12 @@ VIEW = View(
 
 
 def run(ctx: Context) -> list[Row]:
-    seconds = 1.5 if ctx.quick else 6.0
+    seconds = 1.0 if ctx.quick else 6.0
 
     def measure(server: Server, mode: str) -> dict[str, Any]:
         statuses = [get(server.base_url + "/leak") for _ in range(LEAKS)]
         sessions = ctx.monitor.open_connections()
-        log = ctx.workdir / f"load-{VIEW.key}-{mode}.log"
-        result = load.generate("builtin", server.url, CLIENTS, seconds, log)
+        result = load_clients(ctx, VIEW, server, mode, CLIENTS, seconds)
         return {
             "leaked": statuses.count(200),
             "sessions_after_leaks": sessions,

@@ -14,11 +14,11 @@ import threading
 import time
 from typing import Any
 
-from . import load, processes
+from . import processes
 from .load import LoadResult
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, postgresql_only, run_modes
+from .scenarios import Context, Scenario, load_clients, postgresql_only, run_modes
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 8
@@ -50,18 +50,17 @@ def unavailable(ctx: Context) -> str | None:
 
 
 def run(ctx: Context) -> list[Row]:
-    seconds, restart_at = (1.8, 0.5) if ctx.quick else (6.0, 1.5)
+    seconds, restart_at, warmup = (1.6, 0.4, 0.1) if ctx.quick else (6.0, 1.5, 0.3)
     embedded = ctx.embedded
     assert embedded is not None
 
     def measure(server: Server, mode: str) -> dict[str, Any]:
-        log = ctx.workdir / f"load-{VIEW.key}-{mode}.log"
-        load.generate("builtin", server.url, CLIENTS, 0.3, log)
+        load_clients(ctx, VIEW, server, mode, CLIENTS, warmup)
         loaded: list[LoadResult | BaseException] = []
 
         def drive() -> None:
             try:
-                loaded.append(load.generate("builtin", server.url, CLIENTS, seconds, log))
+                loaded.append(load_clients(ctx, VIEW, server, mode, CLIENTS, seconds))
             except BaseException as exc:  # shown by the main thread
                 loaded.append(exc)
 

@@ -20,15 +20,17 @@ from typing import Any
 
 from django_pool import testservers
 
-from . import modes
+from . import load, modes
 from .database import ConnectionMonitor, DatabaseURL
+from .load import LoadResult
 from .modes import PoolSize
 from .report import Row, View
 from .servers import Server, ServerFailed, ServerKind, Workers
 
 #: Seconds to wait for a stopped server's connections to leave the database.
 DRAIN_TIMEOUT = 10.0
-#: --quick's modes: the comparison the scenarios are for, and no more (CI's time).
+#: --quick's modes, in every scenario and the throughput rows: the comparison the
+#: demo is for, and no more (it is CI's smoke run).
 QUICK_MODES = ("django_builtin", "django_pool")
 
 
@@ -78,6 +80,18 @@ def serve(
     """A server of ``kind`` for ``mode``, its log named ``name``; use it in a ``with``."""
     env = {**os.environ, **modes.environment(mode, ctx.db, pool, ctx.application_name)}
     return Server(kind, workers, env, ctx.workdir, name)
+
+
+def load_clients(
+    ctx: Context, view: View, server: Server, mode: str, clients: int, seconds: float
+) -> LoadResult:
+    """``clients`` loading the server's page for ``seconds``, with the built-in generator.
+
+    The scenarios always use it: it times every response, which the gaps and
+    error kinds they report come from. Every run of one mode logs to one file.
+    """
+    log = ctx.workdir / f"load-{view.key}-{mode}.log"
+    return load.generate("builtin", server.url, clients, seconds, log)
 
 
 def get(url: str, timeout: float = 30.0) -> int:

@@ -16,10 +16,9 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import load
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, get, postgresql_only, run_modes
+from .scenarios import Context, Scenario, get, load_clients, postgresql_only, run_modes
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 4
@@ -46,14 +45,13 @@ VIEW = View(
 
 
 def run(ctx: Context) -> list[Row]:
-    seconds = 0.5 if ctx.quick else 2.0
+    seconds = 0.4 if ctx.quick else 2.0
 
     def measure(server: Server, mode: str) -> dict[str, Any]:
         dirty = server.base_url + "/session/dirty"
         with ThreadPoolExecutor(DIRTY_REQUESTS) as executor:
             statuses = list(executor.map(get, [dirty] * DIRTY_REQUESTS))
-        log = ctx.workdir / f"load-{VIEW.key}-{mode}.log"
-        result = load.generate("builtin", server.url, CLIENTS, seconds, log)
+        result = load_clients(ctx, VIEW, server, mode, CLIENTS, seconds)
         with_state = result.error_kinds.get("HTTP 409", 0)
         return {
             "dirtied": statuses.count(200),

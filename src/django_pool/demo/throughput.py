@@ -32,8 +32,6 @@ class Plan:
 
 DEFAULT = Plan((8, 32), 1.5, 0.4, Workers(2, 8), PoolSize(2, 8))
 QUICK = Plan((8,), 0.4, 0.15, Workers(2, 4), PoolSize(1, 4))
-#: --quick's modes: no pooling shows what a pool saves, the two pools that they tie.
-QUICK_MODES = ("no_pool", "django_builtin", "django_pool")
 
 
 def run(
