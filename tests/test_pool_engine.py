@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from django_pool import ConnectionFailed, Pool, PoolClosed, PoolTimeout, TooManyRequests
+from django_pool.engine.growth import _BACKOFF_FIRST
 from tests.fakes import FakeAdapter, FakeConnection, FakeConnector, FakeDisconnect
 from tests.polling import wait_until
 
@@ -392,20 +393,23 @@ def test_connection_context_discards_on_disconnect_only(make_pool):
 
 
 def test_reconnection_backs_off_exponentially_with_one_probe(make_pool):
-    pool, connector = make_pool(delay=0.05, min_size=3, num_workers=3, open=False)
+    attempt = 0.05  # each attempt takes this long to fail
+    pool, connector = make_pool(delay=attempt, min_size=3, num_workers=3, open=False)
     connector.error = OSError("connection refused")
     started = time.monotonic()
     pool.open()
     time.sleep(2.0)
     times = [t - started for t in connector.attempt_times]
     # Round one: three attempts at once, failing together: one round, not three.
-    assert len([t for t in times if t < 0.1]) == 3
-    # Then a single probe after about 0.5 s (x0.5-1.5), then about 1 s later...
-    probes = [t for t in times if t >= 0.1]
-    assert 0.25 <= probes[0] <= 0.9
-    assert all(b - a >= 0.5 for a, b in itertools.pairwise(probes))
-    # ...one at a time: never more than one attempt under way after round one.
-    assert len(probes) <= 3
+    assert len([t for t in times if t < attempt * 2]) == 3
+    # Then single probes, the k-th waiting out FIRST * 2**k (x0.5-1.5) after the
+    # last failure: one at a time, each gap at least half of the one before doubled.
+    probes = [t for t in times if t >= attempt * 2]
+    assert probes[0] <= 0.6
+    for k, (a, b) in enumerate(itertools.pairwise(probes), start=1):
+        assert b - a >= attempt + 0.5 * _BACKOFF_FIRST * 2**k, (k, probes)
+    # Without the back-off there would be dozens; with it, 3 to 5 in 2 s.
+    assert 3 <= len(probes) <= 5, probes
     # Every attempt is counted once it has failed (a probe may be under way now).
     wait_until(lambda: pool.get_stats()["connections_errors"] == connector.attempts, timeout=1)
 

@@ -293,7 +293,7 @@ class CheckedConnector(FakeConnector):
     def inject_failure(self) -> None:
         """Fail the next attempt, unless the last one failed.
 
-        Failures in a row double the pool's back-off (0.5 s, 1 s, 2 s...): one
+        Failures in a row double the pool's back-off (0.1 s, 0.2 s, 0.4 s...): one
         at a time keeps it under a second, so the pool settles within SETTLE.
         """
         with self._lock:

@@ -24,7 +24,10 @@ from .state import PoolState
 logger = logging.getLogger("django_pool")
 
 # Reconnection back-off: first retry after about this long, doubling up to the cap.
-_BACKOFF_FIRST = 0.5
+# A restart (the server gone for a fraction of a second) is over by the second or
+# third retry; a server that stays down gets seven attempts in the first 13 s,
+# then one per 10 s.
+_BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 10.0
 # Lifetimes are shortened by up to this fraction, so connections opened together
 # (at start-up, after a restart) do not all expire together.
