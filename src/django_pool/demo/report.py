@@ -246,17 +246,16 @@ def write_chart(report: Report, path: Path, title: str) -> None:
     panels = len(report.views) + (1 if report.cells else 0)
     columns = 3 if panels > 4 else min(2, panels)
     lines = -(-panels // columns)
-    fig, axes = plt.subplots(
-        lines, columns, figsize=(6 * columns, 4.2 * lines + 0.8), squeeze=False
-    )
-    flat = list(axes.flat)
-    for ax, view in zip(flat, report.views, strict=False):
+    fig = plt.figure(figsize=(6 * columns, 4.2 * lines + 0.8))
+    grid = fig.add_gridspec(lines, columns)
+    for index, view in enumerate(report.views):
+        ax = fig.add_subplot(grid[divmod(index, columns)])
         rows = [row for row in report.rows if row.scenario == view.key and row.status == "ran"]
         _scenario_panel(ax, view, rows)
     if report.cells:
-        _throughput_panel(flat[len(report.views)], report.cells)
-    for ax in flat[panels:]:
-        ax.set_visible(False)
+        line, column = divmod(len(report.views), columns)
+        # The rest of its line: room for a group of bars per server and load.
+        _throughput_panel(fig.add_subplot(grid[line, column:]), report.cells)
     fig.suptitle("\n".join(textwrap.fill(line, 150) for line in title.splitlines()), fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,16 +301,16 @@ def _scenario_panel(ax: Any, view: View, rows: list[Row]) -> None:
     if view.noted:
         noted = columns[view.noted]
         texts = [
-            f"{text}  ({noted.header}: {_number(row.figures.get(noted.key), noted.digits)})"
+            f"{text}\n{noted.header}: {_number(row.figures.get(noted.key), noted.digits)}"
             for text, row in zip(texts, rows, strict=True)
         ]
     ax.bar_label(bars, labels=texts, padding=3, fontsize=9)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.invert_yaxis()  # the first mode on top, as in the table
-    ax.set_xlim(0, max([*values, 1e-9]) * (1.9 if view.noted else 1.25))
+    ax.set_xlim(0, max([*values, 1e-9]) * (1.7 if view.noted else 1.25))
     ax.set_title(textwrap.fill(view.title, 45), fontsize=11, fontweight="bold")
-    ax.set_xlabel(view.axis)
+    ax.set_xlabel(textwrap.fill(view.axis, 55))
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
 
