@@ -74,6 +74,13 @@ def _assert_nothing_left(marker: str, server: PostgresServer | None, dbname: str
         assert rows == [(0,)], f"{rows} sessions left in {dbname}"
 
 
+def _wait_for_process(marker: str, command: str) -> None:
+    deadline = time.monotonic() + 10
+    while not any(command in line for line in _processes_with(marker)):
+        assert time.monotonic() < deadline, f"no {command!r} process in 10 s"
+        time.sleep(0.002)
+
+
 def _demo_env(marker: str) -> dict[str, str]:
     return {**os.environ, MARKER_VARIABLE: marker}
 
@@ -205,6 +212,8 @@ def _assert_scenarios_tell_the_pools_apart(scenarios: dict[str, Any], output: st
     # Each count is of requests whose connection the server said still had the role,
     # search_path or setting an earlier request left (current_user, current_setting).
     state = _figures(scenarios["session_state"])
+    # Every mode's server got the same eight requests that leave state behind.
+    assert all(figures["dirtied"] == 8 for figures in state.values()), state
     assert state["no_pool"]["with_state"] == 0 < state["no_pool"]["checked"], state
     assert state["django_pool"]["with_state"] == 0, state
     assert state["django_pool"]["checked"] > 0, state
@@ -215,6 +224,9 @@ def _assert_scenarios_tell_the_pools_apart(scenarios: dict[str, Any], output: st
     assert leaked["django_pool"]["errors"] == 0 < leaked["django_pool"]["requests"], leaked
     assert leaked["django_builtin"]["errors"] > 0, leaked
     assert leaked["no_pool"]["errors"] == 0 < leaked["no_pool"]["requests"], leaked
+    for mode in ("django_builtin", "django_pool"):
+        # Sampled from pg_stat_activity after the leaks: the pools kept to their 4.
+        assert 1 <= leaked[mode]["sessions_after_leaks"] <= 4, leaked
 
 
 @pytest.mark.postgres
@@ -248,9 +260,36 @@ def test_restart_scenario_restarts_the_embedded_server_and_sees_recovery(
         assert figures["requests"] > 0, row
         # The gap covers at least the restart the clients lived through.
         assert figures["longest_gap_s"] >= 0.5 * figures["restart_s"], row
+        # The server's own start time: it did restart, under this mode's load.
+        before, after = figures["server_started"]
+        assert before != after, row
     ours = next(row["figures"] for row in ran if row["mode"] == "django_pool")
     # django-pool retries every 0.5 s while requests wait: served again soon after.
     assert ours["longest_gap_s"] < 3.0, ours
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(60)
+def test_a_run_with_nothing_to_show_says_so(
+    pg_server: PostgresServer, demo_db: str, tmp_path: Path
+) -> None:
+    chart = tmp_path / "demo.png"
+    completed = subprocess.run(
+        _demo_argv(
+            *("--database", pg_server.url(demo_db), "--scenarios", "restart"),
+            *("--json", str(tmp_path / "demo.json"), "--chart", str(chart)),
+        ),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    output = f"--- stdout ---\n{completed.stdout}\n--- stderr ---\n{completed.stderr}"
+    assert completed.returncode == 0, output
+    assert "never restarts a server it was given" in completed.stderr, output
+    assert "Chart: none, nothing ran" in completed.stdout, output
+    assert not chart.exists()
 
 
 # --------------------------------------------------------------------------- #
@@ -259,9 +298,14 @@ def test_restart_scenario_restarts_the_embedded_server_and_sees_recovery(
 
 
 def _interrupt_once_serving(
-    argv: list[str], marker: str, signum: int, when: str = "serving on"
+    argv: list[str], marker: str, signum: int, when: str = "serving on", during: str = ""
 ) -> tuple[int, str]:
-    """Start a demo, send ``signum`` once stderr says ``when``; return its status and stderr."""
+    """Start a demo, signal it once stderr says ``when``; return its status and stderr.
+
+    With ``during``, the signal waits for a process of the demo whose command
+    line holds it. The signal goes to the demo's whole process group, as a
+    terminal's Ctrl-C does: whatever the demo runs in that group gets it too.
+    """
     proc = subprocess.Popen(
         argv,
         env=_demo_env(marker),
@@ -269,6 +313,7 @@ def _interrupt_once_serving(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     assert proc.stderr is not None
     lines = []
@@ -276,8 +321,11 @@ def _interrupt_once_serving(
         for line in proc.stderr:
             lines.append(line)
             if when in line:
-                time.sleep(0.2)  # into the load
-                proc.send_signal(signum)
+                if during:
+                    _wait_for_process(marker, during)
+                else:
+                    time.sleep(0.2)  # into the load
+                os.killpg(proc.pid, signum)
                 break
         lines.extend(proc.stderr)
         status = proc.wait(timeout=60)
@@ -307,11 +355,14 @@ def test_ctrl_c_stops_servers_and_embedded_postgres(tmp_path: Path) -> None:
 def test_ctrl_c_during_the_restart_leaves_nothing(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     argv = _demo_argv("--scenarios", "restart", "--json", str(tmp_path / "d.json"))
+    # The signal arrives while pg_ctl restarts the server.
     status, stderr = _interrupt_once_serving(
-        argv, marker, signal.SIGINT, when="restarting the database server"
+        argv, marker, signal.SIGINT, when="restarting the database server", during="pg_ctl"
     )
     assert "restarting the database server" in stderr, stderr
+    # Held until the restart is over, then an interruption like any other, not a failure.
     assert status == 130, stderr
+    assert "failed" not in stderr, stderr
     # The restarted postmaster inherited the marker from pg_ctl: it must be gone too.
     _assert_nothing_left(marker, None, "")
     assert not (tmp_path / "d.json").exists()

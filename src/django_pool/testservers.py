@@ -177,6 +177,9 @@ class _EmbeddedCluster:
         result = subprocess.run(
             cmd,
             user=self.run_as,
+            # Out of the caller's process group: a terminal's Ctrl-C must not kill
+            # pg_ctl halfway through a restart; the caller decides when to stop.
+            start_new_session=True,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -17,7 +17,15 @@ from typing import Any
 
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, load_clients, postgresql_only, run_modes
+from .scenarios import (
+    Context,
+    Scenario,
+    describe_setup,
+    load_clients,
+    postgresql_only,
+    rounded,
+    run_modes,
+)
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 40
@@ -29,7 +37,7 @@ MODES = ("no_pool", "django_builtin", "dj_db_conn_pool", "django_pool")
 VIEW = View(
     key="async_wait",
     title="Async view: query, await a 50 ms call, query",
-    setup=f"uvicorn, 1 worker, {CLIENTS} clients, pools of 4 connections",
+    setup=describe_setup(KIND, WORKERS, POOL, f"{CLIENTS} clients"),
     columns=(
         Column("requests_per_second", "req/s"),
         Column("p99_ms", "p99 ms", 1),
@@ -52,8 +60,8 @@ def run(ctx: Context) -> list[Row]:
         return {
             "requests": result.requests,
             "requests_per_second": round(result.requests_per_second, 1),
-            "p50_ms": result.p50_ms and round(result.p50_ms, 1),
-            "p99_ms": result.p99_ms and round(result.p99_ms, 1),
+            "p50_ms": rounded(result.p50_ms, 1),
+            "p99_ms": rounded(result.p99_ms, 1),
             "errors": result.errors,
             "peak_connections": window.peak_connections,
             "connections_opened": window.connections_opened,

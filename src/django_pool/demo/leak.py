@@ -16,7 +16,15 @@ from typing import Any
 
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, get, load_clients, postgresql_only, run_modes
+from .scenarios import (
+    Context,
+    Scenario,
+    describe_setup,
+    get,
+    load_clients,
+    postgresql_only,
+    run_modes,
+)
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 4
@@ -29,8 +37,7 @@ MODES = ("no_pool", "django_builtin", "dj_db_conn_pool", "django_pool")
 VIEW = View(
     key="leak",
     title="A view leaks connections (ORM in a thread, not closed)",
-    setup=f"gunicorn, 1 worker x 4 threads, {LEAKS} leaking requests, then {CLIENTS} "
-    "clients; pools of 4 connections, 2 s timeout",
+    setup=describe_setup(KIND, WORKERS, POOL, f"{LEAKS} leaking requests, then {CLIENTS} clients"),
     columns=(
         Column("errors", "failed requests after"),
         Column("longest_gap_s", "s without a success", 1),
@@ -44,7 +51,7 @@ VIEW = View(
 
 
 def run(ctx: Context) -> list[Row]:
-    seconds = 1.0 if ctx.quick else 6.0
+    seconds = 1.0 if ctx.quick else 4.0
 
     def measure(server: Server, mode: str) -> dict[str, Any]:
         statuses = [get(server.base_url + "/leak") for _ in range(LEAKS)]

@@ -8,8 +8,8 @@ the previous response is read, recording every request's latency. Both report
 requests per second, the median and 99th percentile latency, and errors (a
 response other than 200, or a failed connection). The built-in one also says
 when things went wrong: the longest stretch without a successful response
-(an outage, seen from the clients), when the last error came, and how many
-errors of each kind (``HTTP 409``, say) there were.
+(an outage, seen from the clients), and how many errors of each kind
+(``HTTP 409``, say) there were.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 import re
 import shutil
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,8 @@ from .processes import Child
 #: Seconds after the end of a run that a request may still take before it counts
 #: as an error.
 GRACE = 15.0
+#: The built-in generator's line on stderr as its clients start.
+STARTED = "load: clients starting"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,6 @@ class LoadResult:
     first_error: str | None = None
     # From the built-in generator only (None or empty with wrk):
     longest_gap_s: float | None = None  # the longest time without a 200 finishing
-    last_error_s: float | None = None  # seconds after the start
     error_kinds: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -75,7 +77,6 @@ class _Tally:
         self.successes: list[float] = []  # when each 200 finished, after the start
         self.errors = 0
         self.first_error: str | None = None
-        self.last_error: float | None = None
         self.kinds: Counter[str] = Counter()
 
     def success(self, started: float) -> None:
@@ -86,7 +87,6 @@ class _Tally:
     def error(self, what: str) -> None:
         self.errors += 1
         self.kinds[what.split(":", 1)[0]] += 1
-        self.last_error = time.perf_counter() - self.start
         if self.first_error is None:
             self.first_error = what
 
@@ -185,7 +185,6 @@ async def drive(url: str, connections: int, duration: float) -> LoadResult:
         p99_ms=_ms(percentile(latencies, 0.99)),
         first_error=tally.first_error,
         longest_gap_s=round(tally.longest_gap(elapsed), 3),
-        last_error_s=None if tally.last_error is None else round(tally.last_error, 3),
         error_kinds=dict(tally.kinds),
     )
 
@@ -201,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-c", "--connections", type=int, required=True)
     parser.add_argument("-d", "--duration", type=float, required=True)
     args = parser.parse_args(argv)
+    print(STARTED, file=sys.stderr, flush=True)
     result = asyncio.run(drive(args.url, args.connections, args.duration))
     json.dump(asdict(result), sys.stdout)
 
@@ -219,8 +219,19 @@ def choose_tool(choice: str) -> str:
     return choice
 
 
-def generate(tool: str, url: str, connections: int, duration: float, log: Path) -> LoadResult:
-    """Run one load in a separate process and return what it measured."""
+def generate(
+    tool: str,
+    url: str,
+    connections: int,
+    duration: float,
+    log: Path,
+    started: threading.Event | None = None,
+) -> LoadResult:
+    """Run one load in a separate process and return what it measured.
+
+    ``started`` is set once the load is under way (the built-in generator says
+    so; wrk, once it is started), for a caller that acts during the load.
+    """
     if tool == "wrk":
         seconds = max(1, round(duration))  # wrk takes whole seconds
         threads = min(connections, 2)
@@ -230,6 +241,10 @@ def generate(tool: str, url: str, connections: int, duration: float, log: Path) 
         argv += ["-c", str(connections), "-d", str(duration)]
     child = Child(f"load ({tool})", argv, log=log, capture_stdout=True)
     try:
+        if started is not None:
+            if tool == "builtin":
+                child.wait_for_output(STARTED, timeout=30)
+            started.set()
         output = child.communicate(timeout=duration + GRACE + 30)
     finally:
         child.stop()

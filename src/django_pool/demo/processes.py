@@ -5,11 +5,14 @@ terminal's Ctrl-C away from it, so the demo decides when and how it stops, and
 lets one signal reach everything it started in turn: gunicorn's and uvicorn's
 workers, which a signal to their master alone might leave behind.
 
-SIGINT, SIGTERM and SIGHUP become :class:`KeyboardInterrupt` in the demo
-(:func:`handle_signals`), so ``finally`` blocks and context managers run. A
-signal that arrives while a child is being started is held until the child is
-registered, and once :func:`stop_all` has begun the clean-up, further signals
-are ignored: a second Ctrl-C cannot cut the clean-up short.
+SIGINT, SIGTERM and SIGHUP become :class:`KeyboardInterrupt` in the demo's
+main thread (:func:`handle_signals`), so ``finally`` blocks and context
+managers run. A signal that arrives while the main thread starts a child is
+held until the child is registered, and once :func:`stop_all` has begun the
+clean-up, further signals are ignored: a second Ctrl-C cannot cut the clean-up
+short. Other threads (the restart scenario's load) start children too:
+``_lock`` makes starting and registering one step, and no child starts once
+the clean-up has begun, so every child that runs is stopped.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,10 +31,14 @@ from typing import IO
 #: Seconds a child may take to exit after SIGTERM before its group is killed.
 STOP_GRACE = 10.0
 
+# Invariant, under _lock: every child started is in _running until it is
+# stopped, and none is started once _stopping is set.
+_lock = threading.Lock()
 _running: list[Child] = []
+_stopping = False
+# Signal deferral, main thread only (where Python runs signal handlers).
 _deferring = 0
 _pending: int | None = None
-_stopping = False
 
 
 def handle_signals() -> None:
@@ -51,8 +59,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold signals for the block, so a child is never started without being tracked."""
+    """Hold signals for the block, in the main thread; elsewhere none is raised anyway."""
     global _deferring, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _deferring += 1
     try:
         yield
@@ -83,7 +94,10 @@ class Child:
         self.name = name
         self.log = log
         self._log_file: IO[bytes] = open(log, "wb")  # noqa: SIM115 - closed by stop()
-        with signals_deferred():
+        with signals_deferred(), _lock:
+            if _stopping:
+                self._log_file.close()
+                raise KeyboardInterrupt("the demo is stopping")
             self.proc = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -106,6 +120,18 @@ class Child:
         """Wait for the child to end and return its stdout (``capture_stdout``)."""
         stdout, _ = self.proc.communicate(timeout=timeout)
         return stdout.decode(errors="replace") if stdout else ""
+
+    def wait_for_output(self, text: str, timeout: float) -> bool:
+        """Wait until the child's log holds ``text``; False if it exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if text in self.log.read_text(errors="replace"):
+                    return True
+            if self.exited():
+                return False
+            time.sleep(0.01)
+        return False
 
     def output_tail(self, lines: int = 15) -> str:
         """The end of the child's log, to explain a failure."""
@@ -136,8 +162,9 @@ class Child:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log_file.close()
-        if self in _running:
-            _running.remove(self)
+        with _lock:
+            if self in _running:
+                _running.remove(self)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -168,6 +195,8 @@ def group_members(pgid: int) -> list[int]:
 def stop_all() -> None:
     """Stop every child still running, newest first; signals are ignored from now on."""
     global _stopping
-    _stopping = True
-    for child in reversed(list(_running)):
+    with _lock:
+        _stopping = True
+        children = list(reversed(_running))
+    for child in children:
         child.stop()

@@ -1,8 +1,8 @@
 """The demo's results: tables for the terminal (and Markdown), JSON, and a chart.
 
 The tables are Markdown with padded columns, so the terminal output can be
-pasted into a README as it is: the throughput rows first, then one table per
-scenario. The JSON keeps every figure and the settings they were measured
+pasted into a README as it is: one table per scenario, then the throughput
+rows. The JSON keeps every figure and the settings they were measured
 with; the chart (matplotlib, drawn off-screen) has a panel for the
 throughput and one per scenario, each saying its unit and which way is better.
 """
@@ -236,14 +236,16 @@ def write_json(report: Report, path: Path) -> None:
     path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def write_chart(report: Report, path: Path, title: str) -> None:
-    """One panel for the throughput rows, one per scenario; titles inside the picture."""
+def write_chart(report: Report, path: Path, title: str) -> bool:
+    """One panel per scenario, one for the throughput rows; False if there is none."""
+    panels = len(report.views) + (1 if report.cells else 0)
+    if not panels:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    panels = len(report.views) + (1 if report.cells else 0)
     columns = 3 if panels > 4 else min(2, panels)
     lines = -(-panels // columns)
     fig = plt.figure(figsize=(6 * columns, 4.2 * lines + 0.8))
@@ -261,6 +263,7 @@ def write_chart(report: Report, path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 def _throughput_panel(ax: Any, cells: list[Cell]) -> None:

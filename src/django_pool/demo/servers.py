@@ -81,9 +81,10 @@ class ServerKind:
         ]
 
     def describe(self, workers: Workers) -> str:
+        processes = f"{workers.processes} worker{'' if workers.processes == 1 else 's'}"
         if self.key == "gunicorn":
-            return f"{self.label}, {workers.processes} workers x {workers.threads} threads"
-        return f"{self.label}, {workers.processes} workers"
+            return f"{self.label}, {processes} x {workers.threads} threads"
+        return f"{self.label}, {processes}"
 
 
 SERVERS = {

@@ -18,7 +18,15 @@ from typing import Any
 
 from .modes import PoolSize
 from .report import Column, Row, View
-from .scenarios import Context, Scenario, get, load_clients, postgresql_only, run_modes
+from .scenarios import (
+    Context,
+    Scenario,
+    describe_setup,
+    get,
+    load_clients,
+    postgresql_only,
+    run_modes,
+)
 from .servers import SERVERS, Server, Workers
 
 CLIENTS = 4
@@ -31,9 +39,14 @@ MODES = ("no_pool", "django_builtin", "dj_db_conn_pool", "django_pool")
 VIEW = View(
     key="session_state",
     title="A view leaves SET ROLE, search_path, set_config behind",
-    setup=f"gunicorn, 1 worker x 4 threads, {DIRTY_REQUESTS} such requests at once, "
-    f"then {CLIENTS} clients check their connection; pools of 4 connections",
+    setup=describe_setup(
+        KIND,
+        WORKERS,
+        POOL,
+        f"{DIRTY_REQUESTS} such requests at once, then {CLIENTS} clients check their connection",
+    ),
     columns=(
+        Column("dirtied", "requests that left state"),
         Column("with_state", "later requests with the state"),
         Column("checked", "later requests"),
         Column("other_errors", "other errors"),

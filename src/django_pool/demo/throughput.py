@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from django_pool.redact import redact
 
-from . import load, modes, report
-from .modes import LABELS, PoolSize
-from .scenarios import Context, drain, serve
-from .servers import SERVERS, Server, ServerFailed, Workers
+from . import load, report
+from .modes import PoolSize
+from .scenarios import Context, rounded, serve_each
+from .servers import SERVERS, Server, Workers
 
 
 @dataclass(frozen=True)
@@ -43,30 +43,22 @@ def run(
     outcome: report.Report,
 ) -> None:
     """Measure each mode under each of ``servers``, adding runs and cells to ``outcome``."""
+
+    def measure(child: Server, mode: str) -> list[report.Cell]:
+        cells = []
+        for concurrency in plan.concurrency:
+            cells.append(_measure(ctx, child, mode, concurrency, plan, tool))
+            ctx.progress(f"  {concurrency} clients: {_summary(cells[-1])}")
+        return cells
+
     for server in servers:
         kind = SERVERS[server]
-        for mode in modes_run:
-            reason = modes.skip_reason(mode, ctx.db.vendor, server)
-            if reason:
-                outcome.runs.append(report.Run(server, mode, "skipped", reason))
-                continue
-            try:
-                with serve(ctx, kind, plan.workers, mode, plan.pool, f"{server}-{mode}") as child:
-                    child.wait_ready()
-                    where = f"{kind.describe(plan.workers)}: {LABELS[mode]}"
-                    ctx.progress(f"{where}: serving on {child.url}")
-                    for concurrency in plan.concurrency:
-                        cell = _measure(ctx, child, mode, concurrency, plan, tool)
-                        outcome.cells.append(cell)
-                        ctx.progress(f"  {concurrency} clients: {_summary(cell)}")
-            except ServerFailed as exc:
-                outcome.runs.append(report.Run(server, mode, "failed", str(exc).splitlines()[0]))
-                ctx.progress(f"{LABELS[mode]} under {kind.label} failed: {exc}")
-            else:
-                outcome.runs.append(report.Run(server, mode, "ran"))
-            left = drain(ctx.monitor)
-            if left:
-                ctx.progress(f"  warning: {left} connections still open after the server")
+        heading = kind.describe(plan.workers)
+        for each in serve_each(
+            ctx, kind, plan.workers, plan.pool, modes_run, server, heading, measure
+        ):
+            outcome.runs.append(report.Run(server, each.mode, each.status, each.reason))
+            outcome.cells.extend(each.measured or [])
 
 
 def _measure(
@@ -89,8 +81,8 @@ def _measure(
         errors=result.errors,
         seconds=round(result.seconds, 3),
         requests_per_second=round(result.requests_per_second, 1),
-        p50_ms=None if result.p50_ms is None else round(result.p50_ms, 2),
-        p99_ms=None if result.p99_ms is None else round(result.p99_ms, 2),
+        p50_ms=rounded(result.p50_ms, 2),
+        p99_ms=rounded(result.p99_ms, 2),
         peak_connections=window.peak_connections,
         connections_opened=window.connections_opened,
         first_error=first_error,

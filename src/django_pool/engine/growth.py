@@ -25,8 +25,9 @@ logger = logging.getLogger("django_pool")
 
 # Reconnection back-off: first retry after about this long, doubling up to the cap.
 # A restart (the server gone for a fraction of a second) is over by the second or
-# third retry; a server that stays down gets seven attempts in the first 13 s,
-# then one per 10 s.
+# third retry; a server that stays down gets eight attempts in its first 13 s
+# (retries about 0.1, 0.3, 0.7 ... 12.7 s after the first), then one per 10 s,
+# or per _RETRY_WHILE_WAITING while requests wait.
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 10.0
 # Lifetimes are shortened by up to this fraction, so connections opened together
