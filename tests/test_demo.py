@@ -106,6 +106,22 @@ def _demo_argv(*args: str) -> list[str]:
     return [PYTHON, "-m", "django_pool", "demo", "--quick", "--load", "builtin", *args]
 
 
+def _run_demo(*args: str, marker: str, cwd: Path, timeout: float) -> tuple[int, str, str]:
+    """Run a quick demo to its end: its status, stdout, and all its output for messages."""
+    completed = subprocess.run(
+        _demo_argv(*args),
+        env=_demo_env(marker),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = f"--- stdout ---\n{completed.stdout}\n--- stderr ---\n{completed.stderr}"
+    return completed.returncode, completed.stdout, output
+
+
 # --------------------------------------------------------------------------- #
 # End to end
 # --------------------------------------------------------------------------- #
@@ -119,27 +135,20 @@ def test_quick_demo_reports_true_figures_and_leaves_nothing(
     marker = uuid.uuid4().hex
     results, chart = tmp_path / "demo.json", tmp_path / "demo.png"
     sessions_before = _sessions_counter(pg_server, demo_db)
-    completed = subprocess.run(
-        _demo_argv(
-            *("--database", pg_server.url(demo_db), "--modes", ",".join(TESTED_MODES)),
-            *("--json", str(results), "--chart", str(chart)),
-        ),
-        env=_demo_env(marker),
+    status, stdout, output = _run_demo(
+        *("--database", pg_server.url(demo_db), "--modes", ",".join(TESTED_MODES)),
+        *("--json", str(results), "--chart", str(chart)),
+        marker=marker,
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
         timeout=100,
-        check=False,
     )
-    output = f"--- stdout ---\n{completed.stdout}\n--- stderr ---\n{completed.stderr}"
-    assert completed.returncode == 0, output
+    assert status == 0, output
     _assert_nothing_left(marker, pg_server, demo_db)
     sessions_opened = _sessions_counter(pg_server, demo_db) - sessions_before
 
     report = json.loads(results.read_text())
     assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    assert "| server" in completed.stdout and str(results) in completed.stdout, output
+    assert "| server" in stdout and str(results) in stdout, output
 
     setup = report["setup"]
     workers, threads = setup["workers"], setup["threads_per_worker"]
@@ -236,24 +245,19 @@ def test_restart_scenario_restarts_the_embedded_server_and_sees_recovery(
 ) -> None:
     marker = uuid.uuid4().hex
     results = tmp_path / "demo.json"
-    completed = subprocess.run(
-        _demo_argv("--scenarios", "restart", "--json", str(results), "--chart", "d.png"),
-        env=_demo_env(marker),
+    status, _, output = _run_demo(
+        *("--scenarios", "restart", "--json", str(results), "--chart", "d.png"),
+        marker=marker,
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
         timeout=80,
-        check=False,
     )
-    output = f"--- stdout ---\n{completed.stdout}\n--- stderr ---\n{completed.stderr}"
-    assert completed.returncode == 0, output
+    assert status == 0, output
     _assert_nothing_left(marker, None, "")
     rows = json.loads(results.read_text())["scenarios"]["restart"]["rows"]
     ran = [row for row in rows if row["status"] == "ran"]
     assert ran, output
     # One restart per mode, each under that mode's load alone.
-    assert completed.stderr.count("restarting the database server") == len(ran), output
+    assert output.count("restarting the database server") == len(ran), output
     for row in ran:
         figures = row["figures"]
         assert figures["restart_s"] > 0, row
@@ -274,21 +278,16 @@ def test_a_run_with_nothing_to_show_says_so(
     pg_server: PostgresServer, demo_db: str, tmp_path: Path
 ) -> None:
     chart = tmp_path / "demo.png"
-    completed = subprocess.run(
-        _demo_argv(
-            *("--database", pg_server.url(demo_db), "--scenarios", "restart"),
-            *("--json", str(tmp_path / "demo.json"), "--chart", str(chart)),
-        ),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
+    status, stdout, output = _run_demo(
+        *("--database", pg_server.url(demo_db), "--scenarios", "restart"),
+        *("--json", str(tmp_path / "demo.json"), "--chart", str(chart)),
+        marker=uuid.uuid4().hex,
+        cwd=tmp_path,
         timeout=50,
-        check=False,
     )
-    output = f"--- stdout ---\n{completed.stdout}\n--- stderr ---\n{completed.stderr}"
-    assert completed.returncode == 0, output
-    assert "never restarts a server it was given" in completed.stderr, output
-    assert "Chart: none, nothing ran" in completed.stdout, output
+    assert status == 0, output
+    assert "never restarts a server it was given" in output, output
+    assert "Chart: none, nothing ran" in stdout, output
     assert not chart.exists()
 
 
