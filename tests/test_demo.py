@@ -265,11 +265,11 @@ def test_restart_scenario_restarts_the_embedded_server_and_sees_recovery(
         # The gap covers at least the restart the clients lived through.
         assert figures["longest_gap_s"] >= 0.5 * figures["restart_s"], row
         # The server's own start time: it did restart, under this mode's load.
-        before, after = figures["server_started"]
-        assert before != after, row
+        assert figures["server_started_before"] != figures["server_started_after"], row
     ours = next(row["figures"] for row in ran if row["mode"] == "django_pool")
-    # django-pool retries every 0.5 s while requests wait: served again soon after.
-    assert ours["longest_gap_s"] < 3.0, ours
+    # Requests wait for the reconnect: only those in flight on its 4 connections fail,
+    # none handed a connection the restart broke.
+    assert ours["errors"] <= 4, ours
 
 
 @pytest.mark.postgres
@@ -361,7 +361,8 @@ def test_ctrl_c_during_the_restart_leaves_nothing(tmp_path: Path) -> None:
     assert "restarting the database server" in stderr, stderr
     # Held until the restart is over, then an interruption like any other, not a failure.
     assert status == 130, stderr
-    assert "failed" not in stderr, stderr
+    assert "] failed:" not in stderr, stderr
+    assert stderr.index("server was back in") < stderr.index("interrupted"), stderr
     # The restarted postmaster inherited the marker from pg_ctl: it must be gone too.
     _assert_nothing_left(marker, None, "")
     assert not (tmp_path / "d.json").exists()

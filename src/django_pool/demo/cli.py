@@ -229,7 +229,11 @@ def run(args: argparse.Namespace) -> int:
         "in each panel every mode has the same server, workers and pool size"
     )
     report.write_json(outcome, args.json)
-    chart = args.chart if report.write_chart(outcome, args.chart, title) else "none, nothing ran"
+    if report.write_chart(outcome, args.chart, title):
+        chart = str(args.chart)
+    else:
+        args.chart.unlink(missing_ok=True)  # no earlier run's chart left to mislead
+        chart = "none, nothing ran"
     print(f"\nFigures: {args.json}  Chart: {chart}")
     progress(f"done in {progress.elapsed():.0f} s")
     return 1 if keep_logs else 0
@@ -245,7 +249,9 @@ def _run(
     stack: contextlib.ExitStack,
 ) -> report.Report:
     # The time the default selection takes, measured; a narrower one says none.
-    default_run = tuple(args.scenarios) == ALL_SCENARIOS and args.modes is None
+    default_run = (
+        tuple(args.scenarios) == ALL_SCENARIOS and args.modes is None and args.database is None
+    )
     estimate = f"; about {'25 s' if args.quick else '2 minutes'}" if default_run else ""
     progress(f"django-pool demo: {', '.join(args.scenarios)}{estimate}")
     embedded = None

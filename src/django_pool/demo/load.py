@@ -242,8 +242,8 @@ def generate(
     child = Child(f"load ({tool})", argv, log=log, capture_stdout=True)
     try:
         if started is not None:
-            if tool == "builtin":
-                child.wait_for_output(STARTED, timeout=30)
+            if tool == "builtin" and not child.wait_for_output(STARTED, timeout=30):
+                raise RuntimeError(f"the load generator did not start:\n{child.output_tail()}")
             started.set()
         output = child.communicate(timeout=duration + GRACE + 30)
     finally:
