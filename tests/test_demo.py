@@ -278,6 +278,7 @@ def test_a_run_with_nothing_to_show_says_so(
     pg_server: PostgresServer, demo_db: str, tmp_path: Path
 ) -> None:
     chart = tmp_path / "demo.png"
+    chart.write_bytes(b"an earlier run's chart")
     status, stdout, output = _run_demo(
         *("--database", pg_server.url(demo_db), "--scenarios", "restart"),
         *("--json", str(tmp_path / "demo.json"), "--chart", str(chart)),
