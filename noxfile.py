@@ -28,8 +28,9 @@ import nox
 MATRIX = [("3.11", "4.2"), ("3.11", "5.2"), ("3.12", "6.1")]
 LINT_PYTHON = "3.11"
 
-# Django's own suite runs for one Django version by default (time); the other
-# is one command away: nox -s "django_suite(py3.12-django6.1)".
+# Django's own suite runs by default for one Django version, with psycopg 3 and
+# MariaDB (CI's 30 minutes); the other version and psycopg2 are one command
+# away: nox -s "django_suite(py3.12-django6.1)" "django_suite(py3.11-django5.2-psycopg2)".
 SUITE_MATRIX = [("3.11", "5.2"), ("3.12", "6.1")]
 SUITE_DEFAULT = "django_suite(py3.11-django5.2)"
 
@@ -236,20 +237,23 @@ SUITE_REQUIREMENTS = ["tblib>=1.5", "Pillow>=6.2", "PyYAML", "numpy", "sqlparse>
 
 @nox.session
 @nox.parametrize(
-    ("python", "django"),
+    ("python", "django", "drivers"),
     [
-        nox.param(python, django, id=f"py{python}-django{django}")
+        nox.param(python, django, drivers, id=f"py{python}-django{django}{suffix}")
         for python, django in SUITE_MATRIX
+        for drivers, suffix in (("psycopg,mysql", ""), ("psycopg2", "-psycopg2"))
     ],
 )
-def django_suite(session: nox.Session, django: str) -> None:
+def django_suite(session: nox.Session, django: str, drivers: str) -> None:
     """Django's own test suite through django-pool and through Django's backends, compared.
 
     Downloads the sdist of the installed Django release (kept in nox's
-    cache), then runs tests/django_suite/compare.py on PostgreSQL (psycopg 3
-    and psycopg2) and MariaDB/MySQL; fails on any test whose result differs
-    and is not explained in tests/django_suite/known_differences.toml.
-    Arguments after ``--`` go to every compare.py run (``-- --pool '{...}'``).
+    cache), then runs tests/django_suite/compare.py, in both release modes,
+    on PostgreSQL with psycopg 3 and on MariaDB/MySQL (or, in the
+    ``-psycopg2`` sessions, on PostgreSQL with psycopg2); fails on any test
+    whose result differs and is not explained in
+    tests/django_suite/known_differences.toml. Arguments after ``--`` go to
+    every compare.py run (``-- --pool '{...}'``).
     """
     _ensure_mysqlclient_build_deps(session)
     major, minor = (int(part) for part in django.split("."))
@@ -272,13 +276,13 @@ def django_suite(session: nox.Session, django: str) -> None:
     # Django's backend runs the same in either release mode: its results
     # from the first runs serve again.
     release_transaction = ["--pool", '{"release": "transaction"}', "--reuse-stock"]
-    runs = [
-        ["--vendor", "postgresql", "--driver", "psycopg", "--parallel", "2"],
-        ["--vendor", "postgresql", "--driver", "psycopg2", "--parallel", "2"],
-        ["--vendor", "mysql", "--parallel", "2"],
-        ["--vendor", "postgresql", "--driver", "psycopg", "--parallel", "2", *release_transaction],
-        ["--vendor", "mysql", "--parallel", "2", *release_transaction],
-    ]
+    targets = {
+        "psycopg": ["--vendor", "postgresql", "--driver", "psycopg"],
+        "psycopg2": ["--vendor", "postgresql", "--driver", "psycopg2"],
+        "mysql": ["--vendor", "mysql"],
+    }
+    chosen = [targets[driver] + ["--parallel", "2"] for driver in drivers.split(",")]
+    runs = chosen + [target + release_transaction for target in chosen]
     for run in runs:
         session.run(
             "python", "-m", "tests.django_suite.compare", "--django", str(tree),
